@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install first if needed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+SAMPLE := data/sample
+
+.PHONY: install demo test test-slow bench clean-sample
+install: $(STAMP)
+
+# torch first, pinned: it takes the machine's local CPU wheel (or the CUDA build on a GPU box);
+# the project declares only a range 2.13.0 satisfies, so nothing later pulls a second torch.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	$(PIP) install --quiet -e ".[dev]"
+	@if $(PY) -c "import torchvision" 2>/dev/null; then echo "torchvision was pulled in: refusing" >&2; exit 1; fi
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m rlbench_sms.data.sample $(SAMPLE) --overwrite
+	$(PY) -m rlbench_sms.data.validate $(SAMPLE)
+
+test: install
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+bench: install $(SAMPLE)/meta/info.json
+	$(PY) benchmarks/depth_codec.py
+	$(PY) benchmarks/video_codec.py $(SAMPLE)
+	$(PY) benchmarks/dataloader.py $(SAMPLE) --modality rgb+depth+force
+
+$(SAMPLE)/meta/info.json: | install
+	$(PY) -m rlbench_sms.data.sample $(SAMPLE)
+
+clean-sample:
+	rm -rf $(SAMPLE)
