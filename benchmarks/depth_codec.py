@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import tempfile
 import time
@@ -190,7 +191,6 @@ def main() -> None:
             log(f"{name} ...")
             results.append(bench_video(name, settings, cfg, frames, tmp, args.repeats))
         # how the reader does with more threads (decoding only; slices are decoded in parallel)
-        import os
         threads = os.cpu_count() or 1
         log(f"ffv1 decode with {threads} threads ...")
         multi = bench_video("ffv1-decode-threads", f"our default, decoder thread_count={threads}",

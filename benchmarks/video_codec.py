@@ -79,11 +79,6 @@ def size_from_dataset(root: Path) -> tuple[int, int, int]:
     raise SystemExit(f"{root}: no RGB video feature in meta/info.json")
 
 
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10.0 * np.log10(255.0 ** 2 / mse) if mse > 0 else float("inf")
-
-
 def decode_rate(path: Path, times: np.ndarray, threads: int, repeats: int) -> tuple[float, np.ndarray]:
     best, frames = 0.0, None
     for _ in range(repeats):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -57,7 +58,8 @@ def test_vector_stats_exact():
     np.testing.assert_allclose(s["mean"], x64.mean(0), atol=1e-6)
     np.testing.assert_allclose(s["std"], x64.std(0), atol=1e-6)
     np.testing.assert_array_equal(s["min"], x.min(0))
-    np.testing.assert_allclose(s["q50"], np.median(x64, 0), atol=1e-6)
+    for name, q in (("q01", 0.01), ("q50", 0.5), ("q99", 0.99)):   # LeRobot's definition: inverse CDF
+        np.testing.assert_allclose(s[name], np.sort(x64, 0)[int(np.ceil(q * len(x))) - 1], atol=1e-6)
     assert s["count"][0] == 200
 
 
@@ -76,13 +78,21 @@ def test_aggregate_matches_brute_force():
     np.testing.assert_allclose(agg["min"], allx.min(0), atol=1e-6)
     np.testing.assert_allclose(agg["max"], allx.max(0), atol=1e-6)
     assert agg["count"].tolist() == [len(allx)]
-    # The quantile envelope: lowest lower quantiles, highest upper quantiles.
-    per_ep = np.stack([np.quantile(e, [0.01, 0.1, 0.5, 0.9, 0.99], axis=0) for e in eps])  # (E, 5, 4)
-    for i, q in enumerate(("q01", "q10", "q50")):
-        np.testing.assert_allclose(agg[q], per_ep[:, i].min(0), atol=1e-6)
-    for i, q in zip((3, 4), ("q90", "q99")):
-        np.testing.assert_allclose(agg[q], per_ep[:, i].max(0), atol=1e-6)
-    assert np.all(agg["q01"] <= agg["q99"])
+    qs, names = [0.01, 0.1, 0.5, 0.9, 0.99], ("q01", "q10", "q50", "q90", "q99")
+    per_ep = np.stack([np.quantile(e, qs, axis=0, method="inverted_cdf") for e in eps])  # (E, 5, 4)
+    counts = np.array([len(e) for e in eps], float)
+    # LeRobot's rule (the default): the count-weighted mean of the episode quantiles.
+    for i, q in enumerate(names):
+        np.testing.assert_allclose(agg[q], (counts[:, None] * per_ep[:, i]).sum(0) / counts.sum(), atol=1e-5)
+    # The envelope: lowest lower quantiles, highest upper quantiles; other stats unchanged.
+    env = aggregate_stats([{"x": vector_stats(e)} for e in eps], quantiles="envelope")["x"]
+    for i, q in enumerate(names):
+        np.testing.assert_allclose(env[q], per_ep[:, i].min(0) if i < 3 else per_ep[:, i].max(0), atol=1e-6)
+    for k in ("min", "max", "mean", "std", "count"):
+        np.testing.assert_array_equal(env[k], agg[k])
+    assert np.all(env["q01"] <= agg["q01"]) and np.all(env["q99"] >= agg["q99"])
+    with pytest.raises(ValueError):
+        aggregate_stats([], quantiles="median")
 
 
 def test_aggregate_one_episode_is_identity():
@@ -177,3 +187,39 @@ def test_flatten_round_trip_through_parquet(tmp_path):
     # pandas hands nested list cells back as object arrays of arrays.
     for i, (_, row) in enumerate(table.to_pandas().iterrows()):
         _assert_stats_equal(unflatten_episode_stats(row.to_dict()), episodes[i])
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "lerobot_v30_tiny"
+
+
+@pytest.mark.skipif(not FIXTURE.exists(), reason="LeRobot-written fixture not present")
+def test_matches_stats_written_by_lerobot():
+    """Episode stats columns written by LeRobot 0.4.4 unflatten with their shapes, and aggregating
+    them reproduces its meta/stats.json; our episode stats of its data match its episode stats."""
+    rows = pq.read_table(FIXTURE / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    episodes = [unflatten_episode_stats(row) for row in rows]
+    assert episodes[0]["observation.images.front"]["mean"].shape == (3, 1, 1)
+    assert episodes[0]["observation.state"]["count"].tolist() == [rows[0]["length"]]
+    reference = stats_from_json(json.loads((FIXTURE / "meta/stats.json").read_text()))
+    ours = aggregate_stats(episodes)
+    assert ours.keys() == reference.keys()
+    for feat, ref in reference.items():
+        assert ours[feat].keys() == ref.keys()
+        for k in ref:
+            assert ours[feat][k].shape == ref[k].shape, (feat, k)
+            np.testing.assert_allclose(ours[feat][k], ref[k], rtol=1e-6, atol=1e-6, err_msg=f"{feat}/{k}")
+
+    data = pq.read_table(FIXTURE / "data/chunk-000/file-000.parquet")
+    ep_index = np.asarray(data["episode_index"])
+    for feat in ("observation.state", "action", "observation.force"):
+        values = np.asarray(data[feat].to_pylist(), dtype=np.float32)
+        for e, theirs in enumerate(episodes):
+            mine, ref = vector_stats(values[ep_index == e]), theirs[feat]
+            for k in ("min", "max", "mean", "count"):
+                np.testing.assert_allclose(mine[k], ref[k], rtol=1e-6, err_msg=f"{feat}/{k}")
+            # LeRobot takes std as sqrt(E[x²] - E[x]²) in float32, which loses digits when the
+            # values sit far from 0 (action ≈ 1000 here: 1 % off); ours is exact.
+            np.testing.assert_allclose(mine["std"], ref["std"], rtol=2e-2)
+            bin_width = (ref["max"] - ref["min"]) / 5000   # LeRobot's histogram resolution
+            for q in ("q01", "q10", "q50", "q90", "q99"):
+                assert np.all(np.abs(mine[q] - ref[q]) <= 2 * bin_width + 1e-6), (feat, e, q)

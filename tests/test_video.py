@@ -260,7 +260,7 @@ def test_decoder_of_missing_file_raises_dataset_error(tmp_path):
 def test_concatenate_three(tmp_path, name):
     config = {"av1": AV1, "h264": H264, "ffv1": FFV1, "hevc": HEVC, "hevc-bframes": HEVC_BFRAMES}[name]
     lengths = [5, 7, 4]
-    parts, decoded = [], []
+    parts = []
     for k, n in enumerate(lengths):
         frames = depth_frames(n, seed=k) if config.is_depth else rgb_frames(n, seed=k)
         info = encode(tmp_path / f"ep{k}.mp4", frames, config)

@@ -6,12 +6,16 @@ over frames and pixels, per channel, so each stat has shape (C, 1, 1) and broadc
 channel-first image. ``count`` is always shape (1,): frames for vectors, sampled frames for images.
 
 RGB stats are in [0, 1] (uint8 divided by 255), matching how a policy sees images; depth stats stay
-in the stored unit (millimetres), because the depth branch normalises raw millimetres.
+in the stored unit (millimetres), as LeRobot keeps them in the unit it decodes to.
 
-Quantiles here are exact per episode (``np.quantile``); LeRobot's are histogram estimates, so the
-two agree to about a bin width. Across episodes quantiles are *not* pooled: LeRobot keeps a
-conservative envelope (lowest q01/q10/q50, highest q90/q99), and so do we, so that normalising
-with a dataset's quantiles means the same thing whichever tool computed them.
+Quantiles are exact per episode: the inverse empirical CDF (``np.quantile(...,
+method="inverted_cdf")``, the smallest value with at least q*N values at or below it), which is
+what LeRobot's 5000-bin histogram estimate converges to; the two agree to about a bin width.
+Across episodes, quantiles cannot be pooled exactly. LeRobot (0.4.4 and its main branch; checked
+against ``tests/fixtures/lerobot_v30_tiny``, which LeRobot wrote) takes the count-weighted mean of
+the episode quantiles, and that is the default here, so our ``meta/stats.json`` matches theirs.
+``quantiles="envelope"`` gives a conservative alternative instead: the lowest q01/q10/q50 and the
+highest q90/q99 over the episodes.
 
 Pure numpy: the recorder computes episode stats on a robot PC without torch.
 """
@@ -24,7 +28,7 @@ import numpy as np
 
 STAT_KEYS = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
-# Aggregation envelope: the lower quantiles take the minimum over episodes, the upper the maximum.
+# The "envelope" aggregation: lower quantiles take the minimum over episodes, upper the maximum.
 LOWER_QUANTILES = ("q01", "q10", "q50")
 UPPER_QUANTILES = ("q90", "q99")
 
@@ -63,7 +67,7 @@ def _stats_of_rows(x: np.ndarray) -> Stats:
     if x.shape[1] == 0:
         raise ValueError("cannot compute statistics of zero samples")
     out: Stats = {"min": x.min(axis=1), "max": x.max(axis=1), "mean": x.mean(axis=1), "std": x.std(axis=1)}
-    qs = np.quantile(x, list(QUANTILES.values()), axis=1)  # (5, k)
+    qs = np.quantile(x, list(QUANTILES.values()), axis=1, method="inverted_cdf")  # (5, k)
     for i, name in enumerate(QUANTILES):
         out[name] = qs[i]
     result = {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
@@ -110,14 +114,18 @@ def image_stats(frames: np.ndarray, is_depth: bool) -> Stats:
     return stats
 
 
-def aggregate_stats(per_episode: Sequence[Mapping[str, Mapping[str, np.ndarray]]]) -> FeatureStats:
+def aggregate_stats(per_episode: Sequence[Mapping[str, Mapping[str, np.ndarray]]],
+                    quantiles: str = "weighted") -> FeatureStats:
     """Combine per-episode stats into dataset stats (``meta/stats.json``).
 
     Per feature, over the episodes that have it: min of mins, max of maxes, count-weighted mean,
-    pooled variance (within-episode variance plus the spread of episode means), summed count, and
-    the quantile envelope. Stats that some of those episodes lack (v2.1 episodes carry no
-    quantiles) are left out.
+    pooled variance (within-episode variance plus the spread of episode means), summed count.
+    Quantiles: ``"weighted"`` (LeRobot's rule, the default) is their count-weighted mean;
+    ``"envelope"`` the lowest lower and highest upper quantile. Stats that some of those episodes
+    lack (v2.1 episodes carry no quantiles) are left out.
     """
+    if quantiles not in ("weighted", "envelope"):
+        raise ValueError(f"quantiles must be 'weighted' or 'envelope', not {quantiles!r}")
     features: list[str] = []
     for ep in per_episode:
         features.extend(k for k in ep if k not in features)
@@ -125,7 +133,7 @@ def aggregate_stats(per_episode: Sequence[Mapping[str, Mapping[str, np.ndarray]]
     for feat in features:
         eps = [ep[feat] for ep in per_episode if feat in ep]
         present = [k for k in STAT_KEYS if all(k in s for s in eps)]
-        counts = np.array([float(np.asarray(s["count"]).reshape(-1)[0]) for s in eps])
+        counts = np.array([float(np.asarray(s.get("count", [1])).reshape(-1)[0]) for s in eps])
         total = counts.sum()
         agg: Stats = {}
         if "min" in present:
@@ -134,25 +142,32 @@ def aggregate_stats(per_episode: Sequence[Mapping[str, Mapping[str, np.ndarray]]
             agg["max"] = np.max([np.asarray(s["max"], np.float64) for s in eps], axis=0)
         if "mean" in present:
             means = np.stack([np.asarray(s["mean"], np.float64) for s in eps])  # (E, *shape)
-            w = (counts / total if total > 0 else np.full(len(eps), 1.0 / len(eps)))
-            w = w.reshape((-1,) + (1,) * (means.ndim - 1))
+            w = _weights(counts, means.ndim)
             mean = (w * means).sum(axis=0)
             agg["mean"] = mean
             if "std" in present:
                 stds = np.stack([np.asarray(s["std"], np.float64) for s in eps])
                 var = (w * (stds**2 + (means - mean) ** 2)).sum(axis=0)
                 agg["std"] = np.sqrt(np.maximum(var, 0.0))
-        for q in LOWER_QUANTILES:
-            if q in present:
-                agg[q] = np.min([np.asarray(s[q], np.float64) for s in eps], axis=0)
-        for q in UPPER_QUANTILES:
-            if q in present:
-                agg[q] = np.max([np.asarray(s[q], np.float64) for s in eps], axis=0)
+        for q in (q for q in QUANTILES if q in present):
+            values = np.stack([np.asarray(s[q], np.float64) for s in eps])  # (E, *shape)
+            if quantiles == "weighted":
+                agg[q] = (_weights(counts, values.ndim) * values).sum(axis=0)
+            else:
+                agg[q] = values.min(axis=0) if q in LOWER_QUANTILES else values.max(axis=0)
         result = {k: np.asarray(v, dtype=np.float32) for k, v in agg.items()}
         if "count" in present:
             result["count"] = np.array([int(round(total))], dtype=np.int64)
         out[feat] = {k: result[k] for k in STAT_KEYS if k in result}
     return out
+
+
+def _weights(counts: np.ndarray, ndim: int) -> np.ndarray:
+    """Episode weights (E,) proportional to counts (equal if all are 0), shaped to broadcast over
+    an (E, ...) stack of ``ndim`` dimensions."""
+    total = counts.sum()
+    w = counts / total if total > 0 else np.full(len(counts), 1.0 / len(counts))
+    return w.reshape((-1,) + (1,) * (ndim - 1))
 
 
 def _to_array(value: Any, stat: str) -> np.ndarray:
