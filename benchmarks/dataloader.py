@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("--modality", default="rgb+depth+force")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--batches", type=int, default=120)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--decode-frames", type=int, default=200)

@@ -724,7 +724,9 @@ class VideoDecoder:
             if target_s <= self._start_s:
                 target = self._start_pts
             else:
-                target = math.floor(Fraction(target_s) / self._tb)
+                # i/fps as a float can sit a hair below frame i's exact tick: without the
+                # 1/100-tick slack the seek lands one keyframe early and decodes a frame extra.
+                target = math.floor(Fraction(target_s) / self._tb + Fraction(1, 100))
             try:
                 self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
             except (av.FFmpegError, OSError) as e:
@@ -778,7 +780,11 @@ class VideoDecoder:
                     raise DatasetError(self.path, "video", "no frames could be decoded")
                 out.extend([prev] * (n - k))
                 break
-            while k < n and times[k] <= cur.time:
+            # A request within the tolerance of ``cur`` is ``cur``: stopping here saves decoding
+            # the next frame just to find it farther away (parquet timestamps are float32, so
+            # i/fps differs from the frame's pts time in the last bits).
+            near = min(tol, 0.25 / self._fps)
+            while k < n and times[k] <= cur.time + near:
                 t = times[k]
                 out.append(prev if prev is not None and t - prev.time < cur.time - t else cur)
                 k += 1
