@@ -304,7 +304,9 @@ class DatasetWriter:
             spec = self.features[key]
             if spec.is_video:
                 self._encoder(key, spec).put(value)
-                self._stat_frames.setdefault(key, []).append(downsample_for_stats(value))
+                # A copy, not a strided view: a view would keep every full frame alive all episode.
+                small = np.array(downsample_for_stats(value), copy=True)
+                self._stat_frames.setdefault(key, []).append(small)
             else:
                 self._buffer.setdefault(key, []).append(value)
         self._buffer.setdefault(FRAME_INDEX, []).append(i)
