@@ -178,3 +178,31 @@ def test_bad_frames_change_nothing(tmp_path):
         w.add_frame(f.frame(0, 1), "t")
         w.save_episode()
     validate(root)
+
+
+def test_a_failed_save_discards_the_episode_and_keeps_the_dataset_valid(tmp_path, monkeypatch):
+    root = tmp_path / "ds"
+    with DatasetWriter.create(root, f.FPS, f.features()) as w:
+        f.write_episode(w, 0)
+        real = DatasetWriter._append_video
+
+        def fail_once(self, key, tmp):
+            monkeypatch.setattr(DatasetWriter, "_append_video", real)
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(DatasetWriter, "_append_video", fail_once)
+        for i in range(f.episode_length(1)):
+            w.add_frame(f.frame(1, i), "a task never committed")
+        with pytest.raises(OSError, match="No space"):
+            w.save_episode()
+        assert w.episode_length == 0 and w.num_episodes == 1
+        f.write_episode(w, 1)              # the same index, now saved for real
+    validate(root)
+    meta = DatasetMeta.load(root)
+    assert meta.tasks == [f.task(0), f.task(1)]
+    with DatasetReader(root) as r:
+        np.testing.assert_array_equal(r.load_columns([STATE])[STATE][-1], f.state(1, f.episode_length(1) - 1))
+        np.testing.assert_array_equal(r.frames(depth_key("front"), r.episodes[1], [0.1])[0], f.depth(1, 1))
+    first = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    assert set(first["episode_index"].to_pylist()) == {0}   # the failed rows were trimmed at once
+    assert DatasetWriter.open(root)[1].clean

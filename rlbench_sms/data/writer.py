@@ -347,68 +347,79 @@ class DatasetWriter:
 
     def save_episode(self, extra: Mapping[str, Any] | None = None) -> int:
         """Commit the open episode; returns its index. ``extra`` scalars (e.g. loop timing) are
-        stored as columns of the episode's metadata row."""
+        stored as columns of the episode's metadata row.
+
+        If saving fails part-way (a full disk, a bad encode), the episode is discarded, nothing
+        committed changes, and later episodes go to fresh files, so the half-written tail of the
+        current files is never referenced (reopening the dataset trims it).
+        """
         self._check_open()
         length = self.episode_length
         if length == 0:
             raise DatasetError(self.root, "episode", "no frames to save")
-        ep = self.num_episodes
-        start = int(self.info["total_frames"])
         try:
-            task_ids = [self._task_index(t) for t in self._episode_tasks]
-            columns = self._episode_columns(ep, start, task_ids)
-            videos_info = {k: (e.path, e.finish()) for k, e in self._encoders.items()}
-            stats = self._episode_stats_of(columns)
+            self._commit_episode(length, extra or {})
         except BaseException:
             self.clear_episode()
+            self._data_file = self._episodes_file = None
+            self._video_files.clear()
+            try:    # trim what the failed save appended to shared files; best effort
+                recover(self.root)
+            except Exception as cleanup_error:
+                log.warning("%s: could not clean up after the failed save (%s); reopening the "
+                            "dataset will", self.root, cleanup_error)
             raise
+        self.clear_episode()
+        return self.num_episodes - 1
+
+    def _commit_episode(self, length: int, extra: Mapping[str, Any]) -> None:
+        ep = self.num_episodes
+        start = int(self.info["total_frames"])
+        tasks = list(self.tasks)
+        tasks += [t for t in dict.fromkeys(self._episode_tasks) if t not in tasks]
+        index_of = {t: i for i, t in enumerate(tasks)}
+        task_ids = [index_of[t] for t in self._episode_tasks]
+        columns = self._episode_columns(ep, start, task_ids)
+        encoded = {k: (e.path, e.finish()) for k, e in self._encoders.items()}
         self._encoders.clear()
+        stats = self._episode_stats_of(columns)
         row: dict[str, Any] = {
             "episode_index": ep,
             "tasks": list(dict.fromkeys(self._episode_tasks)),
             "length": length,
         }
-        data_file = self._append_data(columns, length)
-        row.update({"data/chunk_index": data_file[0], "data/file_index": data_file[1],
+        chunk, fidx = self._append_data(columns, length)
+        row.update({"data/chunk_index": chunk, "data/file_index": fidx,
                     "dataset_from_index": start, "dataset_to_index": start + length})
-        for key, (tmp, vinfo) in videos_info.items():
+        features = self.info["features"]
+        for key, (tmp, video_info) in encoded.items():
             n = probe_video(tmp).num_frames
             if n != length:
                 raise DatasetError(tmp, key, f"encoded {n} frames for {length} rows")
-            chunk, fidx, t0 = self._append_video(key, tmp, length)
+            chunk, fidx, t0 = self._append_video(key, tmp)
             row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": fidx,
                         f"videos/{key}/from_timestamp": t0,
                         f"videos/{key}/to_timestamp": t0 + length / self.fps})
-            if not self.info["features"][key].get("info", {}).get("video.codec"):
-                merged = dict(self.info["features"][key].get("info") or {})
-                merged.update(vinfo)
-                self.info["features"][key]["info"] = merged
+            if not features[key].get("info", {}).get("video.codec"):
+                # As LeRobot: the stream facts of the first episode describe the feature.
+                features[key]["info"] = {**(features[key].get("info") or {}), **video_info}
         row.update(flatten_episode_stats(stats))
-        for k, v in (extra or {}).items():
+        for k, v in extra.items():
             if k in row:
                 raise DatasetError(self.root, k, "extra episode metadata collides with a standard column")
             row[k] = v
         self._append_episode_row(row)
-        self._write_tasks()
-        self._episode_stats.append(stats)
+        if tasks != self.tasks:
+            self._write_tasks(tasks)
+        episode_stats = self._episode_stats + [stats]
         layout.atomic_write_json(self.root / layout.STATS_PATH,
-                                 stats_to_json(aggregate_stats(self._episode_stats)))
-        self.info["total_episodes"] = ep + 1
-        self.info["total_frames"] = start + length
-        self.info["total_tasks"] = len(self.tasks)
-        self.info["splits"] = {"train": f"0:{ep + 1}"}
-        layout.atomic_write_json(self.root / layout.INFO_PATH, self.info)   # commit point
-        self._buffer.clear()
-        self._stat_frames.clear()
-        self._episode_tasks.clear()
-        return ep
+                                 stats_to_json(aggregate_stats(episode_stats)))
+        info = dict(self.info, total_episodes=ep + 1, total_frames=start + length,
+                    total_tasks=len(tasks), splits={"train": f"0:{ep + 1}"})
+        layout.atomic_write_json(self.root / layout.INFO_PATH, info)   # the commit point
+        self.info, self.tasks, self._episode_stats = info, tasks, episode_stats
 
     # -- pieces of save_episode ---------------------------------------------------------------
-    def _task_index(self, task: str) -> int:
-        if task not in self.tasks:
-            self.tasks.append(task)
-        return self.tasks.index(task)
-
     def _episode_columns(self, ep: int, start: int, task_ids: list[int]) -> dict[str, np.ndarray]:
         length = self.episode_length
         cols = {k: np.stack(v) for k, v in self._buffer.items()}
@@ -464,7 +475,7 @@ class DatasetWriter:
             f = self._video_files[key] = _OpenFile(number, path)
         return f
 
-    def _append_video(self, key: str, episode_tmp: Path, length: int) -> tuple[int, int, float]:
+    def _append_video(self, key: str, episode_tmp: Path) -> tuple[int, int, float]:
         f = self._video_target(key)
         if f.episodes == 0:
             f.path.parent.mkdir(parents=True, exist_ok=True)
@@ -490,10 +501,10 @@ class DatasetWriter:
         layout.atomic_write(f.path, lambda tmp: pq.write_table(table, tmp))
         f.rows = rows
 
-    def _write_tasks(self) -> None:
+    def _write_tasks(self, tasks: list[str]) -> None:
         # LeRobot writes tasks with pandas: the task string is the index, task_index a column.
-        df = pd.DataFrame({"task_index": np.arange(len(self.tasks), dtype=np.int64)},
-                          index=pd.Index(self.tasks, name="task"))
+        df = pd.DataFrame({"task_index": np.arange(len(tasks), dtype=np.int64)},
+                          index=pd.Index(tasks, name="task"))
         layout.atomic_write(self.root / layout.TASKS_PATH, lambda tmp: df.to_parquet(tmp))
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -559,16 +570,20 @@ def recover(root: str | Path) -> RecoveryReport:
                     report.removed_files.append(path)
         return report
     meta = DatasetMeta.load(root)
-    used_data = {ep.data_path for ep in meta.episodes}
+    episodes_in: dict[Path, set[int]] = {}
+    for ep in meta.episodes:
+        episodes_in.setdefault(ep.data_path, set()).add(ep.index)
     for path in sorted((root / "data").rglob("*.parquet")):
-        if path not in used_data:
+        if path not in episodes_in:
             path.unlink()
             report.removed_files.append(path)
             continue
+        # Keep exactly the rows of the committed episodes this file holds: rows of an episode
+        # whose save failed (and was redone in another file) would otherwise duplicate it.
         table = read_parquet(path)
-        ep_col = np.asarray(table[EPISODE_INDEX].to_numpy())
-        if (ep_col >= total).any():
-            sub = table.filter(pa.array(ep_col < total))
+        keep = np.isin(np.asarray(table[EPISODE_INDEX].to_numpy()), sorted(episodes_in[path]))
+        if not keep.all():
+            sub = table.filter(pa.array(keep))
             layout.atomic_write(path, lambda tmp: pq.write_table(sub, tmp, compression="snappy"))
             report.truncated_files.append(path)
     fps = meta.fps
