@@ -482,9 +482,8 @@ class DatasetWriter:
             layout.commit_file(episode_tmp, f.path)
             t0 = 0.0
         else:
-            def concat(tmp: Path) -> float:
-                return concatenate_videos([f.path, episode_tmp], tmp)[1]
-            t0 = layout.atomic_write(f.path, concat)
+            # Stream copy into a temporary file renamed over the old one (atomic).
+            t0 = concatenate_videos([f.path, episode_tmp], f.path)[1]
             episode_tmp.unlink(missing_ok=True)
         f.episodes += 1
         chunk, fidx = self._location(f.number)
