@@ -22,6 +22,9 @@ EPISODES_DIR = "meta/episodes"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+# Ours, ignored by LeRobot: per-episode side tables such as a force sensor's raw stream (which
+# runs faster than the control loop and so does not fit the frame rows).
+ATTACHMENT_PATH = "raw/{name}/chunk-{chunk_index:03d}/episode-{episode_index:06d}.parquet"
 
 # v2.1: one parquet and one mp4 per episode, jsonl metadata.
 V21_EPISODES_PATH = "meta/episodes.jsonl"

@@ -145,6 +145,8 @@ def _check_depth_decodes(meta: DatasetMeta, key: str, ep) -> None:
 
 
 def _check_stats(meta: DatasetMeta) -> None:
+    if not meta.episodes:
+        return   # created but nothing saved yet: no statistics to have
     for key, spec in meta.features.items():
         if spec.dtype == "string":
             continue

@@ -345,9 +345,11 @@ class DatasetWriter:
         self._stat_frames.clear()
         self._episode_tasks.clear()
 
-    def save_episode(self, extra: Mapping[str, Any] | None = None) -> int:
+    def save_episode(self, extra: Mapping[str, Any] | None = None,
+                     attachments: Mapping[str, pa.Table] | None = None) -> int:
         """Commit the open episode; returns its index. ``extra`` scalars (e.g. loop timing) are
-        stored as columns of the episode's metadata row.
+        stored as columns of the episode's metadata row; ``attachments`` are side tables saved as
+        ``raw/<name>/chunk-*/episode-*.parquet`` (e.g. a sensor's raw high-rate stream).
 
         If saving fails part-way (a full disk, a bad encode), the episode is discarded, nothing
         committed changes, and later episodes go to fresh files, so the half-written tail of the
@@ -358,7 +360,7 @@ class DatasetWriter:
         if length == 0:
             raise DatasetError(self.root, "episode", "no frames to save")
         try:
-            self._commit_episode(length, extra or {})
+            self._commit_episode(length, extra or {}, attachments or {})
         except BaseException:
             self.clear_episode()
             self._data_file = self._episodes_file = None
@@ -372,7 +374,8 @@ class DatasetWriter:
         self.clear_episode()
         return self.num_episodes - 1
 
-    def _commit_episode(self, length: int, extra: Mapping[str, Any]) -> None:
+    def _commit_episode(self, length: int, extra: Mapping[str, Any],
+                        attachments: Mapping[str, pa.Table]) -> None:
         ep = self.num_episodes
         start = int(self.info["total_frames"])
         tasks = list(self.tasks)
@@ -408,6 +411,10 @@ class DatasetWriter:
             if k in row:
                 raise DatasetError(self.root, k, "extra episode metadata collides with a standard column")
             row[k] = v
+        for name, table in attachments.items():
+            path = self.root / layout.ATTACHMENT_PATH.format(
+                name=name, chunk_index=ep // int(self.info["chunks_size"]), episode_index=ep)
+            layout.atomic_write(path, lambda tmp, t=table: pq.write_table(t, tmp))
         self._append_episode_row(row)
         if tasks != self.tasks:
             self._write_tasks(tasks)
@@ -452,9 +459,11 @@ class DatasetWriter:
                             if not self.features[k].is_video])
         arrays = []
         for name in schema.names:
-            values = columns[name]
-            arrays.append(pa.array(values.reshape(length, -1).tolist() if values.ndim > 1 else values,
-                                   type=schema.field(name).type))
+            values, arrow = columns[name], schema.field(name).type
+            if pa.types.is_fixed_size_list(arrow):
+                arrays.append(pa.array(values.reshape(length, -1).tolist(), type=arrow))
+            else:   # shape (1,) features are scalar columns, as in LeRobot
+                arrays.append(pa.array(values.reshape(length), type=arrow))
         new = pa.Table.from_arrays(arrays, schema=schema)
         limit = int(self.info["data_files_size_in_mb"]) * 1024 * 1024
         f = self._data_file
@@ -562,12 +571,16 @@ def recover(root: str | Path) -> RecoveryReport:
             path.unlink()
             report.removed_files.append(path)
     if total == 0:
-        for sub in ("data", "videos"):
+        for sub in ("data", "videos", "raw"):
             for path in sorted((root / sub).rglob("*")) if (root / sub).exists() else []:
                 if path.is_file():
                     path.unlink()
                     report.removed_files.append(path)
         return report
+    for path in sorted((root / "raw").rglob("episode-*.parquet")) if (root / "raw").exists() else []:
+        if int(path.stem[len("episode-"):]) >= total:
+            path.unlink()
+            report.removed_files.append(path)
     meta = DatasetMeta.load(root)
     episodes_in: dict[Path, set[int]] = {}
     for ep in meta.episodes:

@@ -1,0 +1,18 @@
+"""Record teleoperated episodes: `python record.py robot=so100 camera=realsense force_sensor=serial
+teleop=so100_leader dataset.repo_id=me/pick dataset.single_task="pick the red cube"`."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="conf", config_name="record", version_base="1.3")
+def main(cfg: DictConfig) -> int:
+    from rlbench_sms.runtime.record_app import record
+
+    return record(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

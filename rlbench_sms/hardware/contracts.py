@@ -1,0 +1,146 @@
+"""The small contracts every device implements, so the control loop, the recorder and the tests
+treat a real SO-100, a simulator and a mock alike (LeRobot's ``robots/robot.py`` idea).
+
+Every device: ``connect()``, ``disconnect()``, ``is_connected``, use as a context manager, and its
+dataset feature schemas available *before* connecting (so a dataset can be created, and a config
+checked, without hardware). Every reading carries a monotonic capture timestamp
+(``time.monotonic()`` seconds, taken as close to the hardware as the driver allows).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rlbench_sms.features import FeatureSpec
+
+
+class HardwareError(RuntimeError):
+    """A device failed: the message is one line naming the device and what to do about it."""
+
+    def __init__(self, device: str, problem: str):
+        self.device = device
+        super().__init__(f"{device}: {problem}")
+
+
+class DeviceNotConnectedError(HardwareError):
+    def __init__(self, device: str):
+        super().__init__(device, "not connected (call connect() or use it in a with-block)")
+
+
+@dataclass(frozen=True)
+class JointReading:
+    """Joint positions in the dataset's units (degrees; gripper 0-100) at ``timestamp``."""
+
+    positions: np.ndarray          # (n,) float32
+    timestamp: float               # time.monotonic() seconds
+
+
+@dataclass(frozen=True)
+class CameraFrame:
+    """One capture: RGB (H, W, 3) uint8 and/or depth (H, W) uint16 mm aligned to the colour."""
+
+    timestamp: float
+    color: np.ndarray | None = None
+    depth: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ForceReading:
+    """The control-rate value (N, N·m; tared) and the raw samples since the previous read."""
+
+    value: np.ndarray                       # (C,) float32, tared
+    timestamp: float
+    raw: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))   # (N, C) untared
+    raw_timestamps: np.ndarray = field(default_factory=lambda: np.zeros(0))         # (N,)
+
+
+class Device(abc.ABC):
+    """Lifecycle shared by all devices."""
+
+    name: str = "device"
+
+    @abc.abstractmethod
+    def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    def disconnect(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def is_connected(self) -> bool: ...
+
+    def _require_connected(self) -> None:
+        if not self.is_connected:
+            raise DeviceNotConnectedError(self.name)
+
+    def __enter__(self):
+        self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.disconnect()
+
+
+class Robot(Device):
+    """A follower arm: observe joints, command joints."""
+
+    @abc.abstractmethod
+    def state_feature(self) -> FeatureSpec:
+        """``observation.state`` schema (names = motor keys, e.g. ``shoulder_pan.pos``)."""
+
+    @abc.abstractmethod
+    def action_feature(self) -> FeatureSpec:
+        """``action`` schema."""
+
+    @abc.abstractmethod
+    def read_joints(self) -> JointReading: ...
+
+    @abc.abstractmethod
+    def send_action(self, action: np.ndarray) -> np.ndarray:
+        """Command joint targets; returns what was actually sent (after safety clipping)."""
+
+
+class Teleop(Device):
+    """A leader arm (or any device) producing joint targets for the follower."""
+
+    @abc.abstractmethod
+    def action_feature(self) -> FeatureSpec: ...
+
+    @abc.abstractmethod
+    def get_action(self) -> JointReading: ...
+
+
+class Camera(Device):
+    """A colour camera, optionally with depth aligned to the colour stream."""
+
+    @abc.abstractmethod
+    def features(self, camera_name: str) -> list[FeatureSpec]:
+        """The dataset features this camera fills (RGB, plus depth if enabled)."""
+
+    @abc.abstractmethod
+    def read(self, timeout_s: float) -> CameraFrame:
+        """The newest frame not returned before, waiting at most ``timeout_s`` for it."""
+
+    @abc.abstractmethod
+    def read_latest(self, max_age_s: float, timeout_s: float) -> CameraFrame:
+        """The newest frame without waiting, if captured less than ``max_age_s`` ago; else wait
+        up to ``timeout_s`` for a new one. A fixed-rate loop uses this: waiting for a *new*
+        frame would phase-lock the loop to the camera's clock."""
+
+
+class ForceSensor(Device):
+    """A force/torque sensor read in the background at its own rate."""
+
+    @abc.abstractmethod
+    def feature(self) -> FeatureSpec: ...
+
+    @abc.abstractmethod
+    def tare(self) -> np.ndarray:
+        """Zero the sensor on the mean of the next samples (count from config); returns the offset."""
+
+    @abc.abstractmethod
+    def read(self) -> ForceReading:
+        """The latest tared value and every raw sample since the previous read."""

@@ -1,0 +1,300 @@
+"""Mock devices: the contracts with synthetic data, for trying the pipeline without hardware
+(``record.py robot=mock camera=mock force_sensor=mock teleop=mock``) and for benchmarks.
+
+Camera frames carry camera-like noise on purpose: smooth synthetic frames encode several times
+faster than real ones and would hide the real cost of recording.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlbench_sms.features import (SO100_JOINT_NAMES, CameraIntrinsics, FeatureSpec, depth_feature,
+                                  force_feature, joint_feature, rgb_feature, STATE, ACTION)
+from rlbench_sms.hardware.contracts import (Camera, CameraFrame, ForceReading, ForceSensor,
+                                            HardwareError, JointReading, Robot, Teleop)
+
+
+class _Connectable:
+    name = "mock"
+
+    def __init__(self) -> None:
+        self._connected = False
+
+    def connect(self) -> None:
+        self._connected = True
+
+    def disconnect(self) -> None:
+        self._connected = False
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+
+@dataclass
+class MockRobotConfig:
+    # First-order lag of the joints towards the commanded targets (seconds).
+    response_time_s: float = 0.1
+    names: tuple[str, ...] = SO100_JOINT_NAMES
+
+
+class MockRobot(_Connectable, Robot):
+    """Joints follow the last action with a first-order lag; no limits, no faults."""
+
+    def __init__(self, config: MockRobotConfig | None = None):
+        super().__init__()
+        self.config = config or MockRobotConfig()
+        self.name = "mock robot"
+        self.robot_type = "mock"
+        self._position = np.zeros(len(self.config.names), np.float32)
+        self._target = self._position.copy()
+        self._last = time.monotonic()
+
+    def state_feature(self) -> FeatureSpec:
+        return joint_feature(STATE, self.config.names)
+
+    def action_feature(self) -> FeatureSpec:
+        return joint_feature(ACTION, self.config.names)
+
+    def read_joints(self) -> JointReading:
+        self._require_connected()
+        now = time.monotonic()
+        alpha = 1.0 - np.exp(-(now - self._last) / self.config.response_time_s)
+        self._position += np.float32(alpha) * (self._target - self._position)
+        self._last = now
+        return JointReading(self._position.copy(), now)
+
+    def send_action(self, action: np.ndarray) -> np.ndarray:
+        self._require_connected()
+        self._target = np.asarray(action, np.float32).copy()
+        return self._target.copy()
+
+
+@dataclass
+class MockTeleopConfig:
+    period_s: float = 4.0           # one sweep of the scripted motion
+    amplitude_deg: float = 30.0
+    names: tuple[str, ...] = SO100_JOINT_NAMES
+
+
+class MockTeleop(_Connectable, Teleop):
+    """A scripted leader: smooth sinusoids per joint, gripper opening and closing (0-100)."""
+
+    def __init__(self, config: MockTeleopConfig | None = None):
+        super().__init__()
+        self.config = config or MockTeleopConfig()
+        self.name = "mock teleop"
+        self._t0 = time.monotonic()
+
+    def action_feature(self) -> FeatureSpec:
+        return joint_feature(ACTION, self.config.names)
+
+    def get_action(self) -> JointReading:
+        self._require_connected()
+        now = time.monotonic()
+        phase = 2 * np.pi * (now - self._t0) / self.config.period_s
+        n = len(self.config.names)
+        joints = self.config.amplitude_deg * np.sin(phase + np.arange(n) * 0.7)
+        joints[-1] = 50.0 + 50.0 * np.sin(phase)       # gripper, percent open
+        return JointReading(joints.astype(np.float32), now)
+
+
+@dataclass
+class MockCameraConfig:
+    width: int = 640
+    height: int = 480
+    fps: int = 30
+    use_depth: bool = False
+    noise_std: float = 3.0          # 8-bit levels, like a real sensor's
+    stall_after_frames: int | None = None   # fault injection: stop producing frames
+
+
+class MockCamera(_Connectable, Camera):
+    """Produces frames at ``fps`` in a background thread: a moving gradient with noise, and, with
+    ``use_depth``, a tilted plane in millimetres with noise and holes."""
+
+    def __init__(self, config: MockCameraConfig | None = None, seed: int = 0):
+        super().__init__()
+        self.config = config or MockCameraConfig()
+        self.name = "mock camera"
+        self._rng = np.random.default_rng(seed)
+        self._latest: CameraFrame | None = None
+        self._returned_ts: float | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ring: list[tuple[np.ndarray, np.ndarray | None]] = []
+
+    def _make_ring(self) -> None:
+        """Pre-render a second of distinct noisy frames, replayed in a loop: rendering 640x480
+        noise live would cost more CPU than the USB camera we stand in for, and steal it from
+        the recording loop being measured."""
+        c = self.config
+        yy, xx = np.mgrid[0:c.height, 0:c.width]
+        base = np.stack([xx * 255 // max(c.width - 1, 1), yy * 255 // max(c.height - 1, 1),
+                         np.full_like(xx, 128)], -1).astype(np.float32)
+        plane_mm = (600 + 0.5 * yy + 0.1 * xx).astype(np.float32)
+        for n in range(max(2, c.fps)):
+            shift = (n * 8) % c.width
+            noise = self._rng.normal(0, c.noise_std, (c.height, c.width, 1)).astype(np.float32)
+            color = np.clip(np.roll(base, shift, axis=1) + noise, 0, 255).astype(np.uint8)
+            depth = None
+            if c.use_depth:
+                d = plane_mm + 1.5 * noise[..., 0] / max(c.noise_std, 1e-6)   # ~1.5 mm noise
+                d[:, shift:shift + 8] = 0          # a moving band of invalid pixels
+                depth = d.astype(np.uint16)
+            self._ring.append((color, depth))
+
+    @property
+    def intrinsics(self) -> CameraIntrinsics:
+        c = self.config
+        f = 0.9 * c.width
+        return CameraIntrinsics(c.width, c.height, f, f, c.width / 2, c.height / 2)
+
+    def features(self, camera_name: str) -> list[FeatureSpec]:
+        c = self.config
+        out = [rgb_feature(camera_name, c.height, c.width)]
+        if c.use_depth:
+            out.append(depth_feature(camera_name, c.height, c.width, intrinsics=self.intrinsics,
+                                     aligned_to=camera_name))
+        return out
+
+    def connect(self) -> None:
+        if not self._ring:
+            self._make_ring()
+        super().connect()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="mock-camera", daemon=True)
+        self._thread.start()
+
+    def disconnect(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        super().disconnect()
+
+    def _make(self, n: int) -> CameraFrame:
+        color, depth = self._ring[n % len(self._ring)]
+        return CameraFrame(time.monotonic(), color, depth)
+
+    def _run(self) -> None:
+        period = 1.0 / self.config.fps
+        next_t = time.monotonic()
+        n = 0
+        while not self._stop.is_set():
+            stalled = self.config.stall_after_frames is not None and n >= self.config.stall_after_frames
+            if not stalled:
+                frame = self._make(n)
+                with self._cond:
+                    self._latest = frame
+                    self._cond.notify_all()
+                n += 1
+            next_t += period
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+    def read_latest(self, max_age_s: float, timeout_s: float) -> CameraFrame:
+        self._require_connected()
+        with self._cond:
+            latest = self._latest
+        if latest is not None and time.monotonic() - latest.timestamp < max_age_s:
+            self._returned_ts = latest.timestamp
+            return latest
+        return self.read(timeout_s)
+
+    def read(self, timeout_s: float) -> CameraFrame:
+        self._require_connected()
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._latest is None or self._latest.timestamp == self._returned_ts:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left):
+                    raise HardwareError(self.name, f"no new frame within {timeout_s * 1000:.0f} ms")
+            self._returned_ts = self._latest.timestamp
+            return self._latest
+
+
+@dataclass
+class MockForceSensorConfig:
+    rate_hz: float = 200.0
+    channels: int = 6
+    noise_n: float = 0.05
+    tare_samples: int = 20
+
+
+class MockForceSensor(_Connectable, ForceSensor):
+    """Samples at ``rate_hz`` in a background thread: a slow oscillation plus noise and a bias."""
+
+    def __init__(self, config: MockForceSensorConfig | None = None, seed: int = 0):
+        super().__init__()
+        self.config = config or MockForceSensorConfig()
+        self.name = "mock force sensor"
+        self._rng = np.random.default_rng(seed)
+        self._bias = self._rng.normal(0, 2.0, self.config.channels).astype(np.float32)
+        self._offset = np.zeros(self.config.channels, np.float32)
+        self._samples: list[tuple[float, np.ndarray]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def feature(self) -> FeatureSpec:
+        names = ["fx", "fy", "fz", "tx", "ty", "tz"][: self.config.channels]
+        return force_feature(names if len(names) == self.config.channels
+                             else [f"f{i}" for i in range(self.config.channels)])
+
+    def connect(self) -> None:
+        super().connect()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="mock-force", daemon=True)
+        self._thread.start()
+
+    def disconnect(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        super().disconnect()
+
+    def _run(self) -> None:
+        period = 1.0 / self.config.rate_hz
+        t0 = next_t = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            value = (self._bias + np.sin(now - t0) * np.linspace(0.5, 2.0, self.config.channels)
+                     + self._rng.normal(0, self.config.noise_n, self.config.channels)).astype(np.float32)
+            with self._lock:
+                self._samples.append((now, value))
+            next_t += period
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+    def _take(self) -> list[tuple[float, np.ndarray]]:
+        with self._lock:
+            taken, self._samples = self._samples, []
+        return taken
+
+    def tare(self) -> np.ndarray:
+        self._require_connected()
+        collected: list[np.ndarray] = []
+        deadline = time.monotonic() + 2.0 + self.config.tare_samples / self.config.rate_hz
+        while len(collected) < self.config.tare_samples:
+            if time.monotonic() > deadline:
+                raise HardwareError(self.name, "no samples to tare on")
+            collected += [v for _, v in self._take()]
+            time.sleep(1.0 / self.config.rate_hz)
+        self._offset = np.mean(collected[: self.config.tare_samples], axis=0).astype(np.float32)
+        return self._offset.copy()
+
+    def read(self) -> ForceReading:
+        self._require_connected()
+        taken = self._take()
+        if not taken:
+            time.sleep(1.5 / self.config.rate_hz)
+            taken = self._take()
+            if not taken:
+                raise HardwareError(self.name, "no samples")
+        ts = np.array([t for t, _ in taken])
+        raw = np.stack([v for _, v in taken])
+        return ForceReading((raw[-1] - self._offset).astype(np.float32), float(ts[-1]), raw, ts)

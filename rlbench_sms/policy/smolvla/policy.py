@@ -1,0 +1,379 @@
+"""SmolVLAPolicy: LeRobot's SmolVLA (weights, numerics, checkpoint layout) without LeRobot.
+
+Getting the real assets once, then working offline::
+
+    # the VLM architecture + tokenizer (weights too, for training from SmolVLM2)
+    hf download HuggingFaceTB/SmolVLM2-500M-Video-Instruct --local-dir models/SmolVLM2-500M-Video-Instruct
+    # the pretrained SmolVLA policy
+    hf download lerobot/smolvla_base --local-dir models/smolvla_base
+    # (older huggingface_hub: `huggingface-cli download ... --local-dir ...`)
+
+    export HF_HUB_OFFLINE=1
+    policy = SmolVLAPolicy.from_pretrained("models/smolvla_base",
+                                           vlm_path="models/SmolVLM2-500M-Video-Instruct",
+                                           dataset_stats=meta.stats)
+
+Nothing here touches the network: every ``from_pretrained`` passes ``local_files_only=True``, and
+``vlm_model_name`` must be (or ``vlm_path`` must override it with) a local directory.
+``smolvla_base`` ships stats under dataset-qualified names and none for ``observation.state``, which
+LeRobot silently ignores; here that is an error unless ``dataset_stats`` supplies them (fine-tuning
+always does). Its cameras are ``observation.images.camera1..3``: name your batch keys accordingly.
+
+Batches are LeRobot-style dicts in robot units: ``observation.images.<cam>`` float (B, 3, H, W) in
+[0, 1], ``observation.state`` (B, S), ``task`` list[str] (or pre-tokenised
+``observation.language.tokens`` / ``.attention_mask``), and for training ``action`` (B, T, A) with
+``action_is_pad`` (B, T). Normalisation with the checkpoint's stats happens inside.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..normalization import Normalizer
+from . import aloha
+from .checkpoint import (CheckpointError, ProcessorSpec, WEIGHTS_FILE, CONFIG_FILE, check_keys, read_processors,
+                         read_weight_shapes, split_legacy_stats, write_checkpoint)
+from .config import PolicyFeature, SmolVLAConfig
+from .modeling import FlowTerms, TokenGroup, VLAFlowMatching
+from .preprocess import (LANG_MASK, LANG_TOKENS, pad_last_dim, prepare_images, prepare_state, tokenize_tasks)
+from .tiny import FAKE_IMAGE, GLOBAL_IMAGE
+
+logger = logging.getLogger(__name__)
+
+ACTION = "action"
+STATE = "observation.state"
+ACTION_IS_PAD = "action_is_pad"
+
+
+def resolve_vlm_dir(vlm_path: str | Path | None, config: SmolVLAConfig) -> Path:
+    """The local VLM directory: ``vlm_path`` if given, else ``config.vlm_model_name``."""
+    candidate = Path(vlm_path) if vlm_path is not None else Path(config.vlm_model_name)
+    if not (candidate / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no SmolVLM directory at {str(candidate)!r} (config.json missing). This package never downloads: "
+            f"fetch it once with `hf download {config.vlm_model_name if vlm_path is None else 'HuggingFaceTB/SmolVLM2-500M-Video-Instruct'}"
+            f" --local-dir <dir>` and pass vlm_path=<dir> (or build a tiny one with build_tiny_vlm).")
+    return candidate
+
+
+def load_vlm_config(vlm_dir: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(vlm_dir), local_files_only=True)
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+@dataclass
+class PreparedInputs:
+    """Model-ready tensors (normalised, padded, tokenised) derived from one batch."""
+
+    images: list[Tensor]
+    img_masks: list[Tensor]
+    lang_tokens: Tensor
+    lang_masks: Tensor
+    state: Tensor
+    actions: Tensor | None = None
+    action_is_pad: Tensor | None = None
+
+
+class SmolVLAPolicy(nn.Module):
+    """LeRobot-compatible SmolVLA. The only child module is ``model`` (a :class:`VLAFlowMatching`),
+    so ``state_dict()`` keys are exactly those of a LeRobot ``model.safetensors``."""
+
+    name = "smolvla"
+
+    def __init__(self, config: SmolVLAConfig, vlm_path: str | Path | None = None,
+                 dataset_stats: Mapping[str, Mapping[str, Any]] | None = None, tokenizer: Any = None, *,
+                 _processors: ProcessorSpec | None = None, _empty: bool = False, _defer_stats: bool = False):
+        """A fresh policy (random expert/heads; the VLM random too unless ``load_vlm_weights``).
+
+        ``dataset_stats`` ``{feature: {stat: array}}`` are required for every feature whose type is
+        normalised (STATE / ACTION: MEAN_STD by default).
+        """
+        super().__init__()
+        self.config = config
+        self.vlm_dir = resolve_vlm_dir(vlm_path, config)
+        proc = _processors or ProcessorSpec()
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(proc.tokenizer_dir or self.vlm_dir)
+        self.tokenizer_max_length = proc.tokenizer_max_length or config.tokenizer_max_length
+        self.padding = proc.padding or config.pad_language_to
+        vlm_config = load_vlm_config(self.vlm_dir)
+        special_ids = None
+        if config.add_image_special_tokens:
+            special_ids = tuple(self._token_id(t) for t in (FAKE_IMAGE, GLOBAL_IMAGE))
+        if _empty:
+            # Shapes only: from_pretrained assigns every tensor from the file.
+            with torch.device("meta"):
+                self.model = VLAFlowMatching(config, vlm_config, special_ids)
+        else:
+            vlm = None
+            if config.load_vlm_weights:
+                from transformers import SmolVLMForConditionalGeneration
+
+                vlm = SmolVLMForConditionalGeneration.from_pretrained(
+                    str(self.vlm_dir), dtype=torch.bfloat16, local_files_only=True)
+            self.model = VLAFlowMatching(config, vlm_config, special_ids, vlm=vlm)
+        self.normalizer = self.unnormalizer = None
+        self.eps = proc.eps
+        if not _defer_stats:
+            self._set_stats(dataset_stats, proc)
+        self.reset()
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: SmolVLAConfig | None = None, *, vlm_path: str | Path | None = None,
+                    dataset_stats: Mapping[str, Mapping[str, Any]] | None = None, tokenizer: Any = None,
+                    **overrides: Any) -> "SmolVLAPolicy":
+        """A fresh random policy; ``overrides`` are SmolVLAConfig fields (applied to ``config``)."""
+        config = (config or SmolVLAConfig()).replace(**overrides) if overrides else (config or SmolVLAConfig())
+        return cls(config, vlm_path=vlm_path, dataset_stats=dataset_stats, tokenizer=tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, checkpoint_dir: str | Path, vlm_path: str | Path | None = None, *,
+                        dataset_stats: Mapping[str, Mapping[str, Any]] | None = None, tokenizer: Any = None,
+                        dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                        config_overrides: Mapping[str, Any] | None = None) -> "SmolVLAPolicy":
+        """Load a LeRobot SmolVLA checkpoint directory strictly.
+
+        Every tensor of ``model.safetensors`` must be a parameter of the model built from
+        ``config.json`` and every parameter must be in the file, with the same shape; otherwise
+        one :class:`CheckpointKeyError` lists all missing / unexpected / mis-shaped keys. Tensors
+        keep their file dtype (``dtype`` casts all floating ones instead). ``dataset_stats``
+        replaces the checkpoint's normalisation stats (as LeRobot's processor overrides do).
+        The policy is returned in eval mode.
+        """
+        root = Path(checkpoint_dir)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (root / name).is_file():
+                raise CheckpointError(f"{root}: {name} is missing; not a SmolVLA checkpoint directory")
+        config = SmolVLAConfig.load(root / CONFIG_FILE)
+        if config_overrides:
+            config = config.replace(**config_overrides)
+        # The VLM weights come from the checkpoint, never from the VLM directory.
+        config = config.replace(load_vlm_weights=False)
+        proc = read_processors(root)
+        policy = cls(config, vlm_path=vlm_path, dataset_stats=None, tokenizer=tokenizer,
+                     _processors=proc, _empty=True, _defer_stats=True)
+        from safetensors.torch import load_file
+
+        weights = load_file(str(root / WEIGHTS_FILE))
+        legacy = split_legacy_stats(weights, config)
+        policy._load_weights(root / WEIGHTS_FILE, weights)
+        if legacy and not proc.input_stats:
+            proc.input_stats = proc.output_stats = legacy
+        policy._set_stats(dataset_stats, proc)
+        if dtype is not None:
+            policy.to(dtype=dtype)
+        if device is not None:
+            policy.to(device)
+        policy.eval()
+        return policy
+
+    def _load_weights(self, path: Path, weights: dict[str, Tensor]) -> None:
+        expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in weights.items()}
+        tied = self._tied_aliases()
+        optional = {alias for alias, source in tied.items() if source in found}
+        check_keys(path, expected, found, optional)
+        for alias, source in tied.items():
+            weights.setdefault(alias, weights[source])
+        self.load_state_dict(weights, strict=True, assign=True)
+        for alias, source in tied.items():  # re-tie what assign untied
+            owner, attr = self._owner(alias)
+            setattr(owner, attr, self._owner_param(source))
+        self._materialize_meta_buffers()
+        self.model.set_requires_grad()
+
+    def _tied_aliases(self) -> dict[str, str]:
+        """Parameter names that share one tensor with an earlier name -> that earlier name."""
+        first: dict[int, str] = {}
+        aliases: dict[str, str] = {}
+        for name, p in self.named_parameters(remove_duplicate=False):
+            if id(p) in first:
+                aliases[name] = first[id(p)]
+            else:
+                first[id(p)] = name
+        return aliases
+
+    def _owner(self, name: str) -> tuple[nn.Module, str]:
+        module_name, _, attr = name.rpartition(".")
+        return self.get_submodule(module_name), attr
+
+    def _owner_param(self, name: str) -> nn.Parameter:
+        owner, attr = self._owner(name)
+        return getattr(owner, attr)
+
+    def _materialize_meta_buffers(self) -> None:
+        """Rebuild modules whose (non-persistent) buffers are still on the meta device: the Llama
+        rotary embeddings, unused by SmolVLA's own RoPE but kept so the modules stay usable."""
+        for name, module in list(self.named_modules()):
+            if not any(b.is_meta for b in module.buffers(recurse=False)):
+                continue
+            if not hasattr(module, "config"):
+                raise RuntimeError(f"module {name} has uninitialised buffers after loading")
+            owner, attr = self._owner(name)
+            setattr(owner, attr, type(module)(config=module.config))
+
+    def _token_id(self, token: str) -> int:
+        tid = self.tokenizer.convert_tokens_to_ids(token)
+        if tid is None or tid == self.tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no {token!r} token (needed by add_image_special_tokens)")
+        return int(tid)
+
+    def _set_stats(self, dataset_stats, proc: ProcessorSpec) -> None:
+        cfg = self.config
+        norm_map = proc.norm_map or cfg.normalization_mapping
+        in_features = proc.norm_features or {**cfg.input_features, **cfg.output_features}
+        out_features = proc.output_norm_features or cfg.output_features
+        self.eps = proc.eps
+        in_stats = dataset_stats if dataset_stats is not None else proc.input_stats
+        out_stats = dataset_stats if dataset_stats is not None else (proc.output_stats or proc.input_stats)
+        self.normalizer = Normalizer(in_features, norm_map, in_stats, eps=proc.eps)
+        self.unnormalizer = Normalizer(out_features, norm_map, out_stats, eps=proc.eps)
+
+    # ----------------------------------------------------------------- saving
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write LeRobot's directory layout (0.4.4-readable); tensors keep their dtypes."""
+        stats = self.normalizer.flat_stats()
+        for key, value in self.unnormalizer.flat_stats().items():
+            stats.setdefault(key, value)
+        return write_checkpoint(directory, self.config, self.state_dict(), stats, eps=self.eps)
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def action_dim(self) -> int:
+        return self.config.action_dim
+
+    def prepare_inputs(self, batch: Mapping[str, Any]) -> PreparedInputs:
+        """Tokenise, normalise, resize/pad images and pad state/actions (LeRobot's preprocessor
+        followed by SmolVLAPolicy.prepare_*)."""
+        device = self.device
+        batch = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+        if LANG_TOKENS in batch:
+            lang_tokens = batch[LANG_TOKENS]
+            lang_masks = batch.get(LANG_MASK, torch.ones_like(lang_tokens, dtype=torch.bool)).bool()
+        elif "task" in batch:
+            lang_tokens, lang_masks = tokenize_tasks(self.tokenizer, batch["task"], self.tokenizer_max_length,
+                                                     self.padding, device=device)
+        else:
+            raise KeyError("batch has neither 'task' nor 'observation.language.tokens'")
+        batch = self.normalizer.normalize_batch(batch)
+        if self.config.adapt_to_pi_aloha:
+            batch[STATE] = aloha.decode_state(batch[STATE])
+            if ACTION in batch:
+                batch[ACTION] = aloha.encode_actions_inv(batch[ACTION])
+        images, img_masks = prepare_images(batch, list(self.config.image_features),
+                                           self.config.resize_imgs_with_padding, self.config.empty_cameras)
+        state = prepare_state(batch[STATE], self.config.max_state_dim)
+        actions = pad_last_dim(batch[ACTION], self.config.max_action_dim) if ACTION in batch else None
+        return PreparedInputs(images, img_masks, lang_tokens, lang_masks, state, actions, batch.get(ACTION_IS_PAD))
+
+    # ---------------------------------------------------------------- training
+    def flow_terms(self, batch: Mapping[str, Any], noise: Tensor | None = None, time: Tensor | None = None,
+                   extra_groups: Sequence[TokenGroup] = ()) -> tuple[PreparedInputs, FlowTerms]:
+        inp = self.prepare_inputs(batch)
+        if inp.actions is None:
+            raise KeyError("training needs 'action' in the batch")
+        terms = self.model.flow_terms(inp.images, inp.img_masks, inp.lang_tokens, inp.lang_masks, inp.state,
+                                      inp.actions, noise, time, extra_groups)
+        return inp, terms
+
+    def compute_loss(self, batch: Mapping[str, Any], noise: Tensor | None = None, time: Tensor | None = None,
+                     reduction: str = "mean") -> tuple[Tensor, Tensor]:
+        """(loss, per_element_loss) following LeRobot's current reduction.
+
+        ``per_element_loss`` is (B, T, action_dim): the squared error cropped to the true action
+        dims with entries where ``action_is_pad`` zeroed. ``loss`` is its sum over the valid entries
+        divided by their count (a plain mean when the batch has no ``action_is_pad``); with
+        ``reduction="none"`` it is that per sample, shape (B,).
+        ``noise`` is (B, chunk_size, 32) as LeRobot draws it; ``time`` (B,).
+        """
+        inp, terms = self.flow_terms(batch, noise, time)
+        losses = terms.losses[:, :, : self.action_dim]
+        is_pad = inp.action_is_pad
+        if is_pad is not None:
+            losses = losses * (~is_pad.bool()).unsqueeze(-1)
+        if reduction == "mean":
+            if is_pad is None:
+                loss = losses.mean()
+            else:
+                n_valid = ((~is_pad.bool()).sum() * losses.shape[-1]).clamp_min(1)
+                loss = losses.sum() / n_valid
+        elif reduction == "none":
+            if is_pad is None:
+                loss = losses.mean(dim=(1, 2))
+            else:
+                n_valid = ((~is_pad.bool()).sum(dim=1) * losses.shape[-1]).clamp_min(1)
+                loss = losses.sum(dim=(1, 2)) / n_valid
+        else:
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        return loss, losses
+
+    def forward(self, batch: Mapping[str, Any], noise: Tensor | None = None,
+                time: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.compute_loss(batch, noise, time)
+
+    # --------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: Mapping[str, Any], noise: Tensor | None = None,
+                             use_cache: bool | None = None) -> Tensor:
+        """(B, chunk_size, action_dim) actions in robot units (unnormalised with the checkpoint stats)."""
+        self._check_rtc()
+        self.eval()
+        inp = self.prepare_inputs(_batched(batch))
+        actions = self.model.sample_actions(inp.images, inp.img_masks, inp.lang_tokens, inp.lang_masks, inp.state,
+                                            noise=None if noise is None else noise.to(self.device),
+                                            use_cache=use_cache)
+        actions = actions[:, :, : self.action_dim]
+        if self.config.adapt_to_pi_aloha:
+            actions = aloha.encode_actions(actions)
+        return self.unnormalizer.unnormalize(ACTION, actions)
+
+    @torch.no_grad()
+    def select_action(self, batch: Mapping[str, Any], noise: Tensor | None = None) -> Tensor:
+        """One action (B, action_dim) in robot units; a new chunk is sampled every ``n_action_steps``."""
+        if not self._queue:
+            chunk = self.predict_action_chunk(batch, noise)
+            self._queue.extend(chunk[:, : self.config.n_action_steps].transpose(0, 1))
+        return self._queue.popleft()
+
+    def reset(self) -> None:
+        """Call at the start of every episode: drops queued actions."""
+        self._queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+
+    def _check_rtc(self) -> None:
+        rtc = self.config.rtc_config
+        if rtc and rtc.get("enabled", False):
+            raise NotImplementedError("Real-Time Chunking (rtc_config.enabled) is not implemented")
+
+
+def _batched(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """Add a batch axis to a single observation (state 1-D, images 3-D, task str)."""
+    batch = dict(batch)
+    state = batch.get(STATE)
+    if isinstance(state, Tensor) and state.ndim == 1:
+        for key, value in list(batch.items()):
+            if isinstance(value, Tensor):
+                batch[key] = value.unsqueeze(0)
+        if isinstance(batch.get("task"), str):
+            batch["task"] = [batch["task"]]
+    return batch
+
+
+__all__ = ["SmolVLAPolicy", "SmolVLAConfig", "PolicyFeature", "PreparedInputs", "resolve_vlm_dir"]

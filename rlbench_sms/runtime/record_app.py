@@ -1,0 +1,98 @@
+"""``record.py``: build the devices and the dataset from the config, record, report.
+
+Kept out of the entry script so that it is importable and testable. Exit codes: 0 when the
+recording finished or was stopped by the user, 1 on a configuration, dataset or hardware error
+(after saving what was recorded), with one line saying what and where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rlbench_sms.data.errors import DatasetError
+from rlbench_sms.data.writer import DatasetWriter
+from rlbench_sms.features import FeatureSpec
+from rlbench_sms.hardware.contracts import HardwareError
+from rlbench_sms.runtime.recorder import Recorder, RecordingConfig, recording_features
+
+log = logging.getLogger(__name__)
+
+
+def open_dataset(root: Path, fps: int, features: list[FeatureSpec], robot_type: str, resume: bool,
+                 video_config, depth_config) -> DatasetWriter:
+    """A writer for a new dataset, or for appending to ``root`` when ``resume``.
+
+    Appending refuses a dataset recorded at another fps or with other features: mixing them
+    would make a dataset no reader can use consistently.
+    """
+    if not resume:
+        return DatasetWriter.create(root, fps, features, robot_type=robot_type,
+                                    video_config=video_config, depth_config=depth_config)
+    writer, report = DatasetWriter.open(root, video_config=video_config, depth_config=depth_config)
+    if not report.clean:
+        print(f"{root}: {report.summary()}", file=sys.stderr)
+    if writer.fps != fps:
+        raise DatasetError(root / "meta/info.json", "fps", f"dataset is {writer.fps} fps, recording "
+                                                           f"asks for {fps} (set fps={writer.fps})")
+    for spec in features:
+        have = writer.features.get(spec.key)
+        if have is None:
+            raise DatasetError(root / "meta/info.json", spec.key,
+                               "not in the dataset being resumed (different sensors?)")
+        if tuple(have.shape) != tuple(spec.shape) or have.dtype != spec.dtype:
+            raise DatasetError(root / "meta/info.json", spec.key,
+                               f"dataset has {have.dtype} {list(have.shape)}, the devices give "
+                               f"{spec.dtype} {list(spec.shape)}")
+    missing = [k for k in writer.user_keys if k not in {f.key for f in features}]
+    if missing:
+        raise DatasetError(root / "meta/info.json", missing[0], "recorded in the dataset but no device gives it")
+    return writer
+
+
+def record(cfg: DictConfig) -> int:
+    """Run a recording session from a composed ``conf/record.yaml``."""
+    try:
+        task = cfg.dataset.single_task
+    except Exception:
+        print("dataset.single_task is required, e.g. dataset.single_task=\"pick the red cube\"",
+              file=sys.stderr)
+        return 1
+    robot = instantiate(cfg.robot)
+    teleop = instantiate(cfg.teleop)
+    cameras = {name: instantiate(c) for name, c in (cfg.get("cameras") or {}).items()}
+    force_sensor = instantiate(cfg.force_sensor) if cfg.get("force_sensor") else None
+    features = recording_features(robot, cameras, force_sensor)
+    root = Path(cfg.dataset.root)
+    config = RecordingConfig(single_task=task, fps=int(cfg.fps),
+                             num_episodes=int(cfg.dataset.num_episodes),
+                             episode_time_s=float(cfg.dataset.episode_time_s),
+                             reset_time_s=float(cfg.dataset.reset_time_s),
+                             **OmegaConf.to_container(cfg.recording))
+    display = None
+    if cfg.display:
+        from rlbench_sms.runtime.display import RerunDisplay
+
+        display = RerunDisplay(cfg.dataset.repo_id)
+    try:
+        writer = open_dataset(root, config.fps, features, getattr(robot, "robot_type", robot.name),
+                              bool(cfg.dataset.resume), instantiate(cfg.dataset.video),
+                              instantiate(cfg.dataset.depth))
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(writer)
+            for device in [robot, teleop, *cameras.values()] + ([force_sensor] if force_sensor else []):
+                stack.enter_context(device)
+            summary = Recorder(robot, teleop, cameras, force_sensor, writer, config,
+                               display=display).run()
+    except (DatasetError, HardwareError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    saved = len(summary.episodes)
+    print(f"{saved} episode(s) saved to {root} ({writer.num_episodes} in the dataset)"
+          + (" - stopped early" if summary.stopped_early else ""))
+    return 0

@@ -1,0 +1,221 @@
+"""The recording loop: teleoperate the robot at a fixed rate and write every tick to a dataset.
+
+Per tick (LeRobot's order): read the joints, every camera and the force sensor -> read the
+teleop -> send the action to the robot -> store the *teleop* action with the observation. The
+loop waits on absolute deadlines (:mod:`runtime.clock`); video is encoded in background threads by
+the dataset writer, so the loop keeps its rate. Each frame also stores when it was really
+captured (``timing.capture_s``) and whether its tick ran late (``timing.late``), so a slow tick
+is visible in the data instead of silently stamped at the nominal time; per-episode timing
+(achieved fps, p99 period, late ticks) goes into the episode metadata.
+
+Ctrl-C or an exception saves the frames recorded so far before it propagates; a SIGKILL loses
+at most the open episode (the writer's commit protocol).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from rlbench_sms.data.writer import DatasetWriter
+from rlbench_sms.features import ACTION, FORCE, STATE, FeatureSpec, depth_key, image_key
+from rlbench_sms.hardware.contracts import Camera, ForceSensor, Robot, Teleop
+from rlbench_sms.runtime.clock import LoopStats, LoopTimer
+from rlbench_sms.runtime.keyboard import HELP, Command, TerminalKeys
+
+log = logging.getLogger(__name__)
+
+CAPTURE_TIME = "timing.capture_s"   # seconds since the episode's first tick, float32
+LATE = "timing.late"                # the tick started more than late_threshold_s after its deadline
+
+
+@dataclass
+class RecordingConfig:
+    """Recording options; names follow LeRobot's ``--dataset.*`` flags where they exist."""
+
+    single_task: str
+    fps: int = 30
+    num_episodes: int = 50
+    episode_time_s: float = 60.0
+    reset_time_s: float = 60.0
+    camera_max_age_s: float = 0.1       # an older latest frame is waited on, not reused
+    camera_timeout_s: float = 0.5       # a camera with no new frame for this long is a fault
+    late_threshold_s: float = 0.010     # a tick this late (after its deadline) is flagged
+    status_interval_s: float = 0.5      # live status line refresh
+
+
+@dataclass
+class EpisodeResult:
+    index: int
+    frames: int
+    stats: LoopStats
+
+
+@dataclass
+class RecordingSummary:
+    episodes: list[EpisodeResult] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def timing_features() -> list[FeatureSpec]:
+    return [FeatureSpec(CAPTURE_TIME, "float32", (1,), None, unit="s"),
+            FeatureSpec(LATE, "bool", (1,), None)]
+
+
+def recording_features(robot: Robot, cameras: Mapping[str, Camera],
+                       force_sensor: ForceSensor | None) -> list[FeatureSpec]:
+    """The dataset schema of a recording, from the devices' schemas (no hardware needed)."""
+    features = [robot.state_feature(), robot.action_feature()]
+    for name, camera in cameras.items():
+        features += camera.features(name)
+    if force_sensor is not None:
+        features.append(force_sensor.feature())
+    return features + timing_features()
+
+
+class StatusLine:
+    """One live line on a terminal; periodic log lines otherwise."""
+
+    def __init__(self, interval_s: float, stream=None):
+        self.stream = stream or sys.stderr
+        self.interval_s = interval_s
+        self._last = 0.0
+        self._live = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def due(self) -> bool:
+        """Whether an update would be shown now (so callers build the text only then)."""
+        interval = self.interval_s if self._live else 10 * self.interval_s
+        return time.monotonic() - self._last >= interval
+
+    def update(self, text: str) -> None:
+        self._last = time.monotonic()
+        if self._live:
+            self.stream.write("\r\x1b[2K" + text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def done(self, text: str) -> None:
+        self.stream.write(("\r\x1b[2K" if self._live else "") + text + "\n")
+        self.stream.flush()
+
+
+class Recorder:
+    """Records ``config.num_episodes`` episodes (counting those already in a resumed dataset)."""
+
+    def __init__(self, robot: Robot, teleop: Teleop, cameras: Mapping[str, Camera],
+                 force_sensor: ForceSensor | None, writer: DatasetWriter, config: RecordingConfig,
+                 keys: TerminalKeys | None = None, display: Callable[[dict], None] | None = None,
+                 status: StatusLine | None = None):
+        self.robot, self.teleop = robot, teleop
+        self.cameras = dict(cameras)
+        self.force_sensor = force_sensor
+        self.writer = writer
+        self.config = config
+        self.keys = keys or TerminalKeys()
+        self.display = display
+        self.status = status or StatusLine(config.status_interval_s)
+        self.timer = LoopTimer(config.fps, config.late_threshold_s)
+        self._force_raw: list[np.ndarray] = []
+        self._force_raw_t: list[np.ndarray] = []
+
+    # -- one tick -----------------------------------------------------------------------------
+    def _step(self, t0: float, late: bool, record: bool) -> dict:
+        joints = self.robot.read_joints()
+        frame: dict = {STATE: joints.positions}
+        for name, camera in self.cameras.items():
+            shot = camera.read_latest(self.config.camera_max_age_s, self.config.camera_timeout_s)
+            if shot.color is not None:
+                frame[image_key(name)] = shot.color
+            if shot.depth is not None:
+                frame[depth_key(name)] = shot.depth
+        if self.force_sensor is not None:
+            force = self.force_sensor.read()
+            frame[FORCE] = force.value
+            if record and force.raw.size:
+                self._force_raw.append(force.raw)
+                self._force_raw_t.append(force.raw_timestamps - t0)
+        action = self.teleop.get_action().positions
+        self.robot.send_action(action)
+        frame[ACTION] = action
+        frame[CAPTURE_TIME] = np.float32(joints.timestamp - t0)
+        frame[LATE] = np.bool_(late)
+        return frame
+
+    # -- loops --------------------------------------------------------------------------------
+    def _loop(self, duration_s: float, record: bool, label: str) -> Command | None:
+        t0 = self.timer.start()
+        for _ in range(round(duration_s * self.config.fps)):
+            late = self.timer.tick()
+            frame = self._step(t0, late, record)
+            if record:
+                self.writer.add_frame(frame, self.config.single_task)
+            if self.display is not None:
+                self.display(frame)
+            command = self.keys.poll()
+            if command is not None:
+                return command
+            if self.status.due():
+                self.status.update(f"{label}  {self.timer.elapsed_s:5.1f}/{duration_s:.0f} s  "
+                                   f"{self.timer.stats().line()}  encoder backlog "
+                                   f"{self.writer.encoder_backlog}   {HELP if self.keys.attached else ''}")
+        return None
+
+    def _save(self) -> EpisodeResult:
+        stats = self.timer.stats()
+        frames = self.writer.episode_length
+        attachments = {}
+        if self._force_raw:
+            raw = np.concatenate(self._force_raw)
+            names = self.force_sensor.feature().names
+            attachments[FORCE] = pa.table(
+                {"time_s": np.concatenate(self._force_raw_t).astype(np.float64),
+                 **{str(n): raw[:, i].astype(np.float32) for i, n in enumerate(names)}})
+        index = self.writer.save_episode(extra=stats.as_dict(), attachments=attachments)
+        self._force_raw, self._force_raw_t = [], []
+        return EpisodeResult(index, frames, stats)
+
+    def run(self) -> RecordingSummary:
+        """Record until ``num_episodes`` are in the dataset or the user stops."""
+        summary = RecordingSummary()
+        cfg = self.config
+        with self.keys:
+            try:
+                while self.writer.num_episodes < cfg.num_episodes:
+                    label = f"episode {self.writer.num_episodes + 1}/{cfg.num_episodes}"
+                    if self.force_sensor is not None:
+                        self.force_sensor.tare()
+                    command = self._loop(cfg.episode_time_s, record=True, label=label)
+                    if command is Command.RERECORD:
+                        self.writer.clear_episode()
+                        self._force_raw, self._force_raw_t = [], []
+                        self.status.done(f"{label}: discarded, re-recording")
+                        continue
+                    result = self._save()
+                    summary.episodes.append(result)
+                    self.status.done(f"{label}: saved {result.frames} frames, {result.stats.line()}")
+                    if command is Command.STOP:
+                        summary.stopped_early = True
+                        break
+                    if self.writer.num_episodes < cfg.num_episodes and cfg.reset_time_s > 0:
+                        if self._loop(cfg.reset_time_s, record=False, label="reset") is Command.STOP:
+                            summary.stopped_early = True
+                            break
+            except BaseException as error:
+                # Ctrl-C, a lost servo bus, a stalled camera: keep what was recorded.
+                if self.writer.episode_length > 0:
+                    result = self._save()
+                    summary.episodes.append(result)
+                    self.status.done(f"saved the {result.frames} frames of episode {result.index} "
+                                     f"recorded before: {type(error).__name__}: {error}")
+                if isinstance(error, KeyboardInterrupt):
+                    summary.stopped_early = True
+                    return summary
+                raise
+        return summary
