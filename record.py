@@ -8,11 +8,13 @@ from omegaconf import DictConfig
 
 
 @hydra.main(config_path="conf", config_name="record", version_base="1.3")
-def main(cfg: DictConfig) -> int:
+def main(cfg: DictConfig) -> None:
     from rlbench_sms.runtime.record_app import record
 
-    return record(cfg)
+    code = record(cfg)
+    if code:
+        sys.exit(code)   # Hydra drops return values; a failed recording must exit non-zero
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
