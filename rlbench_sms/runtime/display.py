@@ -16,7 +16,7 @@ class RerunDisplay:
         import rerun as rr
 
         self.rr = rr
-        rr.init(f"rlbench_sms/{app_id}", spawn=save_path is None)
+        rr.init("rlbench_sms-" + app_id.replace("/", "-"), spawn=save_path is None)
         if save_path is not None:
             rr.save(save_path)
         self._tick = 0

@@ -1,0 +1,60 @@
+"""Leader arm drives the follower at a fixed rate, nothing recorded (check a setup before recording).
+
+    python -m rlbench_sms.tools.teleoperate robot=so100 robot.config.port=/dev/ttyACM0 \
+        teleop=so100_leader teleop.config.port=/dev/ttyACM1 [duration_s=30] [display=true]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from rlbench_sms.hardware.contracts import HardwareError
+from rlbench_sms.runtime.clock import LoopTimer
+from rlbench_sms.runtime.recorder import StatusLine
+
+
+def teleoperate(robot, teleop, fps: float, duration_s: float | None, display=None,
+                status: StatusLine | None = None) -> int:
+    """Run the leader->follower loop; returns the number of ticks. Ctrl-C ends it."""
+    timer = LoopTimer(fps, late_threshold_s=0.25 / fps)
+    status = status or StatusLine(0.5)
+    timer.start()
+    ticks = 0
+    try:
+        while duration_s is None or ticks < round(duration_s * fps):
+            timer.tick()
+            action = teleop.get_action().positions
+            sent = robot.send_action(action)
+            if display is not None:
+                display({"action": sent, "observation.state": robot.read_joints().positions})
+            ticks += 1
+            if status.due():
+                status.update(f"teleoperating  {timer.stats().line()}  Ctrl-C to stop")
+    except KeyboardInterrupt:
+        pass
+    status.done(f"teleoperated {ticks} ticks, {timer.stats().line()}")
+    return ticks
+
+
+@hydra.main(config_path="../../conf", config_name="teleoperate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    robot, teleop = instantiate(cfg.robot), instantiate(cfg.teleop)
+    display = None
+    if cfg.display:
+        from rlbench_sms.runtime.display import RerunDisplay
+
+        display = RerunDisplay("teleoperate")
+    try:
+        with robot, teleop:
+            teleoperate(robot, teleop, cfg.fps, cfg.duration_s, display)
+    except HardwareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
