@@ -533,3 +533,34 @@ def test_real_size_layout_matches_lerobot_keys():
     assert sd["model.state_proj.weight"] == (960, 32) and sd["model.action_time_mlp_in.weight"] == (720, 1440)
     assert not any(".text_model.layers.16." in k or "lm_expert.embed_tokens" in k for k in sd)
     assert f"{p}vlm.model.text_model.layers.15.self_attn.o_proj.weight" in sd
+
+
+def test_load_vlm_weights_from_vlm_dir(tmp_path):
+    """load_vlm_weights=True: the VLM comes from the directory's weights in bf16 (as LeRobot loads it)."""
+    vlm = build_tiny_vlm(tmp_path / "vlm", with_weights=True)
+    p = SmolVLAPolicy(tiny_config(vlm, cameras=CAMS, load_vlm_weights=True), dataset_stats=make_stats())
+    saved = load_file(str(vlm / "model.safetensors"))
+    key = "model.text_model.layers.0.mlp.up_proj.weight"
+    ours = p.model.vlm_with_expert.vlm.model.text_model.layers[0].mlp.up_proj.weight
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, saved[key].to(torch.bfloat16))
+    assert len(p.model.vlm_with_expert.text_model.layers) == 4
+    loss, _ = p.compute_loss(make_batch())
+    assert torch.isfinite(loss)
+
+
+def test_legacy_in_model_stats_are_read(policy, tmp_path):
+    """Pre-0.4 checkpoints kept the stats as normalize_inputs/unnormalize_outputs buffers."""
+    ck = policy.save_pretrained(tmp_path / "ck")
+    weights = load_file(str(ck / "model.safetensors"))
+    st = make_stats()
+    weights["normalize_inputs.buffer_observation_state.mean"] = st["observation.state"]["mean"]
+    weights["normalize_inputs.buffer_observation_state.std"] = st["observation.state"]["std"]
+    weights["normalize_targets.buffer_action.mean"] = st["action"]["mean"]
+    weights["normalize_targets.buffer_action.std"] = st["action"]["std"]
+    save_file(weights, str(ck / "model.safetensors"))
+    for f in ck.glob("policy_*"):
+        f.unlink()
+    loaded = SmolVLAPolicy.from_pretrained(ck)
+    noise = fixed_noise_time()[0]
+    assert torch.equal(loaded.predict_action_chunk(make_batch(), noise=noise),
+                       policy.predict_action_chunk(make_batch(), noise=noise))

@@ -33,6 +33,13 @@ from rlbench_sms.hardware.contracts import HardwareError
 
 log = logging.getLogger(__name__)
 
+try:                                   # what a vanished serial device raises, besides OSError
+    import termios
+
+    _PORT_ERRORS: tuple[type[BaseException], ...] = (OSError, termios.error)
+except ImportError:                    # pragma: no cover - Windows
+    _PORT_ERRORS = (OSError,)
+
 # ---------------------------------------------------------------------------------------------
 # Models and control table (STS/SMS series, which the STS3215 belongs to)
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +282,11 @@ class FeetechBus:
         """Open the port; with ``handshake``, check every motor answers with its expected model."""
         if self.is_connected:
             raise HardwareError(self.device, "already connected")
-        import scservo_sdk as scs
+        try:
+            import scservo_sdk as scs
+        except ImportError as error:
+            raise HardwareError(self.device, "feetech-servo-sdk is not installed: "
+                                             "pip install 'rlbench_sms[robot]'") from error
 
         handler = scs.PortHandler(self.port)
         handler.baudrate = self.baudrate
@@ -371,8 +382,14 @@ class FeetechBus:
             for n in range(attempts):
                 if n:
                     self.retry_count += 1
-                self._prepare_attempt()
-                result, payload = attempt()
+                try:
+                    self._prepare_attempt()
+                    result, payload = attempt()
+                except _PORT_ERRORS as error:   # serial.SerialException too: the port is gone
+                    text = " ".join(str(error).split())
+                    raise BusCommunicationError(
+                        self.port, operation, ids, f"the serial port failed ({text}); was the USB "
+                        f"cable unplugged?", n + 1) from error
                 if result == COMM_SUCCESS:
                     return payload
                 log.debug("%s: %s failed (attempt %d/%d): %s", self.device, operation, n + 1,

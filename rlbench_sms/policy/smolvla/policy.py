@@ -114,7 +114,8 @@ class SmolVLAPolicy(nn.Module):
         if config.add_image_special_tokens:
             special_ids = tuple(self._token_id(t) for t in (FAKE_IMAGE, GLOBAL_IMAGE))
         if _empty:
-            # Shapes only: from_pretrained assigns every tensor from the file.
+            # Shapes only: from_pretrained assigns every tensor from the file (the VLM weights
+            # come from the checkpoint, never from the VLM directory, whatever load_vlm_weights says).
             with torch.device("meta"):
                 self.model = VLAFlowMatching(config, vlm_config, special_ids)
         else:
@@ -161,8 +162,6 @@ class SmolVLAPolicy(nn.Module):
         config = SmolVLAConfig.load(root / CONFIG_FILE)
         if config_overrides:
             config = config.replace(**config_overrides)
-        # The VLM weights come from the checkpoint, never from the VLM directory.
-        config = config.replace(load_vlm_weights=False)
         proc = read_processors(root)
         policy = cls(config, vlm_path=vlm_path, dataset_stats=None, tokenizer=tokenizer,
                      _processors=proc, _empty=True, _defer_stats=True)
