@@ -113,7 +113,8 @@ def real_cuda(workdir: Path, iters: int, compile_mode: str) -> dict:
     sync = torch.cuda.synchronize
     policy = real_policy(workdir, device)
     obs = observation(device)
-    out = {"gpu": torch.cuda.get_device_name(0), "params_m": round(sum(p.numel() for p in policy.parameters()) / 1e6, 1)}
+    n_params = sum(p.numel() for p in policy.parameters())
+    out = {"gpu": torch.cuda.get_device_name(0), "params_m": round(n_params / 1e6, 1)}
     for name, use_cache in (("kv_cache", True), ("no_cache", False)):
         torch.cuda.reset_peak_memory_stats()
         out[name] = time_chunks(policy, obs, iters, 3, use_cache, sync)

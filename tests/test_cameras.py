@@ -175,7 +175,7 @@ def test_realsense_features_without_hardware():
     assert rgb.key == image_key("front") and rgb.shape == (240, 320, 3)
     assert depth.key == depth_key("front") and depth.shape == (240, 320, 1)
     assert depth.info["aligned_to"] == image_key("front") and depth.info["depth_unit"] == "mm"
-    assert "intrinsics" not in depth.info          # known only once connected
+    assert "intrinsics" not in depth.info          # no such device here: known once connected
     only_rgb = RealSenseCamera(RealSenseCameraConfig("1", use_depth=False)).features("front")
     assert [f.key for f in only_rgb] == [image_key("front")]
 
@@ -205,8 +205,10 @@ def test_realsense_depth_aligned_to_colour_in_mm(rs, units):
 
 def test_realsense_intrinsics_are_the_colour_streams_and_go_into_the_feature(rs):
     cam, source = software_camera()
+    before = cam.features("front")[1].info["intrinsics"]     # probed without streaming
     with cam:
         intr = cam.intrinsics
+        assert before == intr.to_dict()
         assert intr == source.color_intrinsics
         assert (intr.width, intr.height) == (160, 120) and intr.model == "brown_conrady"
         assert cam.depth_intrinsics == source.depth_intrinsics and cam.depth_intrinsics != intr

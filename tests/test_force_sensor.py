@@ -23,10 +23,16 @@ VALUE = np.array([1.5, -2.25, 9.81, 0.125, -0.05, 0.3])
 SCALE = [0.01, 0.01, 0.01, 0.001, 0.001, 0.001]
 
 
+def make_sim(protocol: str) -> ForceSensorSimulator:
+    """A simulator sending VALUE from its very first sample (set before it starts writing)."""
+    sim = ForceSensorSimulator(protocol, rate_hz=RATE_HZ, scale=SCALE)
+    sim.set_value(VALUE)
+    return sim
+
+
 @pytest.fixture(params=PROTOCOLS)
 def sim(request):
-    with ForceSensorSimulator(request.param, rate_hz=RATE_HZ, scale=SCALE) as s:
-        s.set_value(VALUE)
+    with make_sim(request.param) as s:
         yield s
 
 
@@ -123,8 +129,7 @@ def test_slow_sensor_repeats_its_value_with_an_empty_raw_block(sim):
 
 
 def test_malformed_line_input_is_counted_and_skipped():
-    with ForceSensorSimulator("line", rate_hz=RATE_HZ, scale=SCALE) as sim:
-        sim.set_value(VALUE)
+    with make_sim("line") as sim:
         with sensor_for(sim) as sensor:
             before = sensor.stats["malformed"]
             sim.inject_garbage(4)         # banner, 3 fields, a non-number, non-ASCII bytes
@@ -137,8 +142,7 @@ def test_malformed_line_input_is_counted_and_skipped():
 
 
 def test_bad_checksums_are_counted_and_resynchronised():
-    with ForceSensorSimulator("binary", rate_hz=RATE_HZ, scale=SCALE) as sim:
-        sim.set_value(VALUE)
+    with make_sim("binary") as sim:
         with sensor_for(sim) as sensor:
             sim.inject_garbage(3)         # stray bytes between frames
             sim.corrupt_next(2)           # wrong checksums

@@ -66,3 +66,61 @@ def test_lost_bus_saves_the_episode_and_exits_nonzero(tmp_path, arms):
     assert meta.info["total_episodes"] == 1 and meta.episodes[0].length > 5
     validate(tmp_path / "ds")
     assert follower.register(MOTOR_IDS["shoulder_pan"], "Torque_Enable") == 0   # torque off after the loss
+
+
+def test_full_rig_so100_realsense_serial_force(tmp_path, arms):
+    """The README's main recording command, with every device on its wire-protocol simulator:
+    two SO-100 arms on pty servo buses, a RealSense software device (depth units 0.1 mm, as a
+    D405) and a serial force sensor on a pty."""
+    pytest.importorskip("pyrealsense2", reason="pyrealsense2 (and libusb-1.0) needed")
+    import numpy as np
+
+    from rlbench_sms.data.reader import DatasetReader
+    from rlbench_sms.data.writer import DatasetWriter
+    from rlbench_sms.features import FORCE, depth_key
+    from rlbench_sms.hardware.force_sensor import SerialForceSensor, SerialForceSensorConfig
+    from rlbench_sms.hardware.realsense import RealSenseCamera, RealSenseCameraConfig
+    from rlbench_sms.hardware.sim.force_sensor import ForceSensorSimulator
+    from rlbench_sms.hardware.sim.realsense import SoftwareRealSenseSource
+    from rlbench_sms.hardware.so100 import SO100Follower, SO100FollowerConfig, SO100Leader, SO100LeaderConfig
+    from rlbench_sms.runtime.keyboard import TerminalKeys
+    from rlbench_sms.runtime.recorder import Recorder, RecordingConfig, recording_features
+
+    follower_bus, leader_bus = arms
+    fps = 15
+    with ForceSensorSimulator(protocol="binary", rate_hz=200) as force_sim:
+        force_sim.set_value([1.0, 2.0, 3.0, 0.1, 0.2, 0.3])
+        robot = SO100Follower(SO100FollowerConfig(port=follower_bus.port, id="follower", calibration_dir=str(tmp_path)))
+        teleop = SO100Leader(SO100LeaderConfig(port=leader_bus.port, id="leader", calibration_dir=str(tmp_path)))
+        source = SoftwareRealSenseSource(depth_units_m=0.0001, autoplay=True)
+        camera = RealSenseCamera(RealSenseCameraConfig(serial_number="sim", width=64, height=48, fps=fps,
+                                                       warmup_s=0.2), source=source)
+        force = SerialForceSensor(SerialForceSensorConfig(port=force_sim.port, protocol="binary", rate_hz=200,
+                                                          tare_samples=10))
+        devices = [robot, teleop, camera, force]
+        for d in devices:
+            d.connect()
+        try:
+            cams = {"front": camera}
+            writer = DatasetWriter.create(tmp_path / "rig", fps, recording_features(robot, cams, force),
+                                          robot_type=robot.robot_type)
+            config = RecordingConfig(single_task="pick", fps=fps, num_episodes=1, episode_time_s=1.0,
+                                     reset_time_s=0)
+            with writer:
+                Recorder(robot, teleop, cams, force, writer, config,
+                         keys=TerminalKeys(stream=open("/dev/null"))).run()
+        finally:
+            for d in devices:
+                d.disconnect()
+    summary = validate(tmp_path / "rig")
+    assert summary.frames == fps
+    with DatasetReader(tmp_path / "rig") as r:
+        spec = r.meta.features[depth_key("front")]
+        assert spec.info["intrinsics"]["width"] == 64 and spec.info["aligned_to"] == "observation.images.front"
+        depth = r.frames(depth_key("front"), r.episodes[0], [7 / fps])[0]
+        valid = depth[depth > 0]
+        # the synthetic scene: a box face at 0.5 m in front of a plane at 0.8 m, in millimetres
+        assert set(np.unique(valid)) <= set(range(495, 506)) | set(range(795, 806))
+        assert (np.abs(valid.astype(int) - 500) <= 5).any() and (np.abs(valid.astype(int) - 800) <= 5).any()
+        force_values = r.load_columns([FORCE])[FORCE]
+        assert np.abs(force_values).max() < 0.2      # tared at the episode start

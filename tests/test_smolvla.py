@@ -30,7 +30,8 @@ CAMS = ("front", "wrist")
 def make_stats(seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {
-        "observation.state": {"mean": torch.randn(STATE_DIM, generator=g), "std": torch.rand(STATE_DIM, generator=g) + 0.5},
+        "observation.state": {"mean": torch.randn(STATE_DIM, generator=g),
+                              "std": torch.rand(STATE_DIM, generator=g) + 0.5},
         "action": {"mean": torch.randn(ACTION_DIM, generator=g), "std": torch.rand(ACTION_DIM, generator=g) + 0.5},
         "observation.images.front": {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.2)},
     }
@@ -71,7 +72,8 @@ def fixed_noise_time(batch_size: int = 2, seed: int = 1):
 def test_config_defaults_and_file_forms(caplog):
     cfg = SmolVLAConfig()
     assert (cfg.chunk_size, cfg.n_action_steps, cfg.max_state_dim, cfg.max_action_dim) == (50, 50, 32, 32)
-    assert (cfg.tokenizer_max_length, cfg.num_steps, cfg.num_vlm_layers, cfg.self_attn_every_n_layers) == (48, 10, 16, 2)
+    assert (cfg.tokenizer_max_length, cfg.num_steps) == (48, 10)
+    assert (cfg.num_vlm_layers, cfg.self_attn_every_n_layers) == (16, 2)
     assert cfg.resize_imgs_with_padding == (512, 512) and cfg.pad_language_to == "longest"
     assert cfg.normalization_mapping == {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}
     assert (cfg.min_period, cfg.max_period, cfg.expert_width_multiplier) == (4e-3, 4.0, 0.75)
@@ -128,7 +130,8 @@ def test_state_action_zero_padded_to_32(policy):
     assert inp.state.shape == (2, 32) and inp.actions.shape == (2, CHUNK, 32)
     assert torch.all(inp.state[:, STATE_DIM:] == 0) and torch.all(inp.actions[..., ACTION_DIM:] == 0)
     stats = make_stats()
-    want = (make_batch()["observation.state"] - stats["observation.state"]["mean"]) / (stats["observation.state"]["std"] + 1e-8)
+    st = stats["observation.state"]
+    want = (make_batch()["observation.state"] - st["mean"]) / (st["std"] + 1e-8)
     assert torch.allclose(inp.state[:, :STATE_DIM], want)       # MEAN_STD with eps 1e-8
     assert len(inp.images) == 2 and all(i.shape == (2, 3, 512, 512) for i in inp.images)
 
@@ -212,7 +215,9 @@ def test_rope_base_10000_half_rotation():
     assert torch.allclose(out.double(), ref, atol=1e-5)
     # relative: <rope(q, m), rope(k, n)> depends on m - n only
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
-    dot = lambda m, n: (vwe.apply_rope(q, torch.tensor([[m]])) * vwe.apply_rope(k, torch.tensor([[n]]))).sum()  # noqa: E731
+    def dot(m, n):
+        return (vwe.apply_rope(q, torch.tensor([[m]])) * vwe.apply_rope(k, torch.tensor([[n]]))).sum()
+
     assert torch.allclose(dot(3, 1), dot(12, 10), atol=1e-5)
     bf = vwe.apply_rope(x.bfloat16(), pos)
     assert bf.dtype == torch.bfloat16
@@ -442,7 +447,8 @@ def test_save_load_bit_exact_and_layout(policy, tmp_path):
     noise, time = fixed_noise_time()
     assert torch.equal(policy.predict_action_chunk(make_batch(), noise=noise),
                        loaded.predict_action_chunk(make_batch(), noise=noise))
-    assert torch.equal(policy.compute_loss(make_batch(), noise, time)[0], loaded.compute_loss(make_batch(), noise, time)[0])
+    assert torch.equal(policy.compute_loss(make_batch(), noise, time)[0],
+                       loaded.compute_loss(make_batch(), noise, time)[0])
 
 
 def test_load_keeps_file_dtypes(vlm_dir, tmp_path):
@@ -455,7 +461,8 @@ def test_load_keeps_file_dtypes(vlm_dir, tmp_path):
     assert sd["model.vlm_with_expert.vlm.model.text_model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16
     assert sd["model.action_out_proj.weight"].dtype == torch.float32
     noise = fixed_noise_time()[0]
-    assert torch.equal(p.predict_action_chunk(make_batch(), noise=noise), q.predict_action_chunk(make_batch(), noise=noise))
+    assert torch.equal(p.predict_action_chunk(make_batch(), noise=noise),
+                       q.predict_action_chunk(make_batch(), noise=noise))
 
 
 def test_strict_keys_both_ways(policy, tmp_path):
@@ -564,3 +571,25 @@ def test_legacy_in_model_stats_are_read(policy, tmp_path):
     noise = fixed_noise_time()[0]
     assert torch.equal(loaded.predict_action_chunk(make_batch(), noise=noise),
                        policy.predict_action_chunk(make_batch(), noise=noise))
+
+
+def test_lerobot_construction_dtypes(policy, tmp_path):
+    """dtype="lerobot": parameters take the dtype LeRobot's construction gives them (from the VLM
+    config: bf16 text decoder + expert, fp32 vision/connector/lm_head/heads/cross k/v)."""
+    ck = policy.save_pretrained(tmp_path / "ck")
+    vlm = build_tiny_vlm(tmp_path / "vlm_bf16")
+    cfg = json.loads((vlm / "config.json").read_text())
+    cfg["text_config"]["dtype"] = "bfloat16"                       # as SmolVLM2's config says
+    (vlm / "config.json").write_text(json.dumps(cfg))
+    q = SmolVLAPolicy.from_pretrained(ck, vlm_path=vlm, dtype="lerobot")
+    sd = q.state_dict()
+    pre = "model.vlm_with_expert."
+    assert sd[pre + "vlm.model.text_model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16
+    assert sd[pre + "lm_expert.layers.0.self_attn.q_proj.weight"].dtype == torch.bfloat16
+    assert sd[pre + "lm_expert.layers.1.self_attn.k_proj.weight"].dtype == torch.float32
+    assert sd[pre + "vlm.model.vision_model.post_layernorm.weight"].dtype == torch.float32
+    assert sd[pre + "vlm.model.connector.modality_projection.proj.weight"].dtype == torch.float32
+    assert sd["model.action_out_proj.weight"].dtype == torch.float32
+    assert torch.isfinite(q.predict_action_chunk(make_batch(), noise=fixed_noise_time()[0])).all()
+    assert SmolVLAPolicy.from_pretrained(ck).state_dict()[pre + "lm_expert.layers.0.mlp.up_proj.weight"].dtype \
+        == torch.float32                                           # default: the file's dtype

@@ -159,6 +159,31 @@ class RealSenseSource:
             scale = float(device.first_depth_sensor().get_depth_scale())
         return StreamSetup(color, depth, scale)
 
+    def probe_intrinsics(self, config: RealSenseCameraConfig
+                         ) -> tuple[CameraIntrinsics | None, CameraIntrinsics | None]:
+        """Colour and depth intrinsics of the profiles ``config`` asks for, read from the device
+        without streaming (so a dataset can be created before connecting); (None, None) when
+        pyrealsense2, the device or the mode is missing."""
+        try:
+            import pyrealsense2 as rs
+            devices = [d for d in rs.context().query_devices()
+                       if d.get_info(rs.camera_info.serial_number) == self.serial_number]
+            if not devices:
+                return None, None
+            found: dict[Any, CameraIntrinsics] = {}
+            wanted = {rs.stream.color: rs.format.rgb8, rs.stream.depth: rs.format.z16}
+            for sensor in devices[0].query_sensors():
+                for profile in sensor.get_stream_profiles():
+                    stream = profile.stream_type()
+                    if wanted.get(stream) != profile.format() or profile.fps() != config.fps:
+                        continue
+                    video = profile.as_video_stream_profile()
+                    if (video.width(), video.height()) == (config.width, config.height):
+                        found.setdefault(stream, intrinsics_from_rs(video.get_intrinsics()))
+            return found.get(rs.stream.color), found.get(rs.stream.depth)
+        except (ImportError, RuntimeError):
+            return None, None
+
     def _apply_exposure(self, rs, device, c: RealSenseCameraConfig) -> None:
         if c.exposure is None and c.gain is None:
             return
@@ -193,7 +218,9 @@ class RealSenseCamera(ThreadedCamera):
     """Colour (RGB) + depth (uint16 mm, aligned to colour) from a RealSense, on a capture thread.
 
     ``intrinsics`` (colour stream; what aligned depth deprojects with) and ``depth_scale_m`` are
-    known once connected; :meth:`features` puts the intrinsics into the depth feature then.
+    known once connected; :meth:`features` puts the intrinsics into the depth feature. Called
+    before connect, it reads them from the device if one with this serial is plugged in
+    (without streaming), else leaves them out.
     """
 
     def __init__(self, config: RealSenseCameraConfig, source: FramesetSource | None = None,
@@ -207,10 +234,18 @@ class RealSenseCamera(ThreadedCamera):
         self.depth_scale_m: float | None = None                  # the device's, metres per unit
         self.partial_framesets = 0        # framesets lacking colour or depth, skipped
         self._align = None
+        self._probed = False
 
     # -- schema --------------------------------------------------------------------------------
     def features(self, camera_name: str) -> list[FeatureSpec]:
         c = self.config
+        if c.use_depth and self.intrinsics is None and not self._probed:
+            # Before connect: ask a present device for its factory intrinsics; no device, no
+            # intrinsics (the schema must work without hardware).
+            self._probed = True
+            probe = getattr(self.source, "probe_intrinsics", None)
+            if probe is not None:
+                self.intrinsics, self.depth_intrinsics = probe(c)
         out = [rgb_feature(camera_name, c.height, c.width)]
         if c.use_depth:
             if c.align_depth_to_color:

@@ -67,7 +67,6 @@ def record(cfg: DictConfig) -> int:
     teleop = instantiate(cfg.teleop)
     cameras = {name: instantiate(c) for name, c in (cfg.get("cameras") or {}).items()}
     force_sensor = instantiate(cfg.force_sensor) if cfg.get("force_sensor") else None
-    features = recording_features(robot, cameras, force_sensor)
     root = Path(cfg.dataset.root)
     config = RecordingConfig(single_task=task, fps=int(cfg.fps),
                              num_episodes=int(cfg.dataset.num_episodes),
@@ -80,13 +79,15 @@ def record(cfg: DictConfig) -> int:
 
         display = RerunDisplay(cfg.dataset.repo_id)
     try:
-        writer = open_dataset(root, config.fps, features, getattr(robot, "robot_type", robot.name),
-                              bool(cfg.dataset.resume), instantiate(cfg.dataset.video),
-                              instantiate(cfg.dataset.depth))
         with contextlib.ExitStack() as stack:
-            stack.enter_context(writer)
             for device in [robot, teleop, *cameras.values()] + ([force_sensor] if force_sensor else []):
                 stack.enter_context(device)
+            # Schemas after connecting: a RealSense reports its real intrinsics only then.
+            features = recording_features(robot, cameras, force_sensor)
+            writer = open_dataset(root, config.fps, features,
+                                  getattr(robot, "robot_type", robot.name), bool(cfg.dataset.resume),
+                                  instantiate(cfg.dataset.video), instantiate(cfg.dataset.depth))
+            stack.enter_context(writer)
             summary = Recorder(robot, teleop, cameras, force_sensor, writer, config,
                                display=display).run()
     except (DatasetError, HardwareError) as error:

@@ -101,11 +101,16 @@ class SoftwareRealSenseSource:
         self._thread: threading.Thread | None = None
 
     # -- FramesetSource ------------------------------------------------------------------------
+    def probe_intrinsics(self, config: RealSenseCameraConfig
+                         ) -> tuple[CameraIntrinsics, CameraIntrinsics]:
+        """The colour and depth intrinsics :meth:`start` will use (like a device's factory ones)."""
+        return (default_intrinsics(config.width, config.height, self.color_fx_per_width),
+                default_intrinsics(config.width, config.height, self.depth_fx_per_width))
+
     def start(self, config: RealSenseCameraConfig) -> StreamSetup:
         rs = self._rs = import_pyrealsense2("SoftwareRealSenseSource")
         w, h, self._fps = config.width, config.height, config.fps
-        self.color_intrinsics = default_intrinsics(w, h, self.color_fx_per_width)
-        self.depth_intrinsics = default_intrinsics(w, h, self.depth_fx_per_width)
+        self.color_intrinsics, self.depth_intrinsics = self.probe_intrinsics(config)
         self._device = rs.software_device()
         self._color_sensor = self._device.add_sensor("Color")
         self._color_profile = self._color_sensor.add_video_stream(

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -160,11 +159,6 @@ def split_legacy_stats(weights: dict[str, Tensor], config: SmolVLAConfig) -> dic
     return stats
 
 
-def read_weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-
-
 def check_keys(path: Path, expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]],
                optional: set[str] = frozenset()) -> None:
     """Raise one :class:`CheckpointKeyError` listing every disagreement (none allowed)."""
@@ -191,7 +185,15 @@ def write_checkpoint(root: str | Path, config: SmolVLAConfig, weights: Mapping[s
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     config.save(root / CONFIG_FILE, lerobot_form="0.4")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    tensors: dict[str, Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for key, value in weights.items():
+        # Tied tensors (one storage under two names) are written once, as LeRobot's saver does.
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset())
+        if value.device.type != "meta" and ident in seen:
+            continue
+        seen.add(ident)
+        tensors[key] = value.detach().to("cpu").contiguous()
     save_file(tensors, str(root / WEIGHTS_FILE), metadata={"format": "pt"})
 
     features = {k: f.to_dict() for k, f in {**config.input_features, **config.output_features}.items()}

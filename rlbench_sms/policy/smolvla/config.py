@@ -137,7 +137,8 @@ class SmolVLAConfig:
             raise ValueError(f"pad_language_to must be 'longest' or 'max_length', got {self.pad_language_to!r}")
         # LeRobot's validate_features(): empty cameras become declared (3, 480, 640) image features.
         for i in range(self.empty_cameras):
-            self.input_features.setdefault(f"observation.images.empty_camera_{i}", PolicyFeature("VISUAL", (3, 480, 640)))
+            key = f"observation.images.empty_camera_{i}"
+            self.input_features.setdefault(key, PolicyFeature("VISUAL", (3, 480, 640)))
 
     # ----------------------------------------------------------------- views
     @property

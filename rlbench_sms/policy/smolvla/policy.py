@@ -18,6 +18,9 @@ Nothing here touches the network: every ``from_pretrained`` passes ``local_files
 ``smolvla_base`` ships stats under dataset-qualified names and none for ``observation.state``, which
 LeRobot silently ignores; here that is an error unless ``dataset_stats`` supplies them (fine-tuning
 always does). Its cameras are ``observation.images.camera1..3``: name your batch keys accordingly.
+Tensors keep their file dtypes (bf16 backbone, fp32 heads); ``dtype="lerobot"`` instead reproduces
+the dtypes LeRobot's own loader ends up with (it copies the file into a model built from the VLM
+config, which upcasts smolvla_base's bf16 vision tower and connector to fp32).
 
 Batches are LeRobot-style dicts in robot units: ``observation.images.<cam>`` float (B, 3, H, W) in
 [0, 1], ``observation.state`` (B, S), ``task`` list[str] (or pre-tokenised
@@ -38,9 +41,9 @@ from torch import Tensor, nn
 
 from ..normalization import Normalizer
 from . import aloha
-from .checkpoint import (CheckpointError, ProcessorSpec, WEIGHTS_FILE, CONFIG_FILE, check_keys, read_processors,
-                         read_weight_shapes, split_legacy_stats, write_checkpoint)
-from .config import PolicyFeature, SmolVLAConfig
+from .checkpoint import (CONFIG_FILE, WEIGHTS_FILE, CheckpointError, ProcessorSpec, check_keys, read_processors,
+                         split_legacy_stats, write_checkpoint)
+from .config import DEFAULT_VLM, PolicyFeature, SmolVLAConfig
 from .modeling import FlowTerms, TokenGroup, VLAFlowMatching
 from .preprocess import (LANG_MASK, LANG_TOKENS, pad_last_dim, prepare_images, prepare_state, tokenize_tasks)
 from .tiny import FAKE_IMAGE, GLOBAL_IMAGE
@@ -56,10 +59,11 @@ def resolve_vlm_dir(vlm_path: str | Path | None, config: SmolVLAConfig) -> Path:
     """The local VLM directory: ``vlm_path`` if given, else ``config.vlm_model_name``."""
     candidate = Path(vlm_path) if vlm_path is not None else Path(config.vlm_model_name)
     if not (candidate / "config.json").is_file():
+        repo = config.vlm_model_name if vlm_path is None else DEFAULT_VLM
         raise FileNotFoundError(
             f"no SmolVLM directory at {str(candidate)!r} (config.json missing). This package never downloads: "
-            f"fetch it once with `hf download {config.vlm_model_name if vlm_path is None else 'HuggingFaceTB/SmolVLM2-500M-Video-Instruct'}"
-            f" --local-dir <dir>` and pass vlm_path=<dir> (or build a tiny one with build_tiny_vlm).")
+            f"fetch it once with `hf download {repo} --local-dir <dir>` and pass vlm_path=<dir> "
+            f"(or build a tiny one with build_tiny_vlm).")
     return candidate
 
 
@@ -144,16 +148,21 @@ class SmolVLAPolicy(nn.Module):
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, vlm_path: str | Path | None = None, *,
                         dataset_stats: Mapping[str, Mapping[str, Any]] | None = None, tokenizer: Any = None,
-                        dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                        dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
                         config_overrides: Mapping[str, Any] | None = None) -> "SmolVLAPolicy":
         """Load a LeRobot SmolVLA checkpoint directory strictly.
 
         Every tensor of ``model.safetensors`` must be a parameter of the model built from
         ``config.json`` and every parameter must be in the file, with the same shape; otherwise
-        one :class:`CheckpointKeyError` lists all missing / unexpected / mis-shaped keys. Tensors
-        keep their file dtype (``dtype`` casts all floating ones instead). ``dataset_stats``
-        replaces the checkpoint's normalisation stats (as LeRobot's processor overrides do).
-        The policy is returned in eval mode.
+        one :class:`CheckpointKeyError` lists all missing / unexpected / mis-shaped keys.
+
+        ``dtype``: ``None`` keeps each tensor's dtype from the file (smolvla_base: bf16 backbone,
+        fp32 heads); a torch dtype casts every floating tensor; ``"lerobot"`` casts each tensor to
+        the dtype LeRobot's own construction gives that parameter before it copies the file into
+        it (from the VLM config's dtypes: with SmolVLM2's config the text decoder and expert are
+        bf16, the vision tower, connector, lm_head, heads and cross-attention k/v fp32).
+        ``dataset_stats`` replaces the checkpoint's normalisation stats (as LeRobot's processor
+        overrides do). The policy is returned in eval mode.
         """
         root = Path(checkpoint_dir)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -169,11 +178,17 @@ class SmolVLAPolicy(nn.Module):
 
         weights = load_file(str(root / WEIGHTS_FILE))
         legacy = split_legacy_stats(weights, config)
+        if dtype == "lerobot":
+            built = {k: v.dtype for k, v in policy.state_dict().items()}
+            weights = {k: (v.to(built[k]) if k in built and v.is_floating_point() else v)
+                       for k, v in weights.items()}
+        elif isinstance(dtype, str):
+            raise ValueError(f"dtype must be None, a torch dtype or 'lerobot', got {dtype!r}")
         policy._load_weights(root / WEIGHTS_FILE, weights)
         if legacy and not proc.input_stats:
             proc.input_stats = proc.output_stats = legacy
         policy._set_stats(dataset_stats, proc)
-        if dtype is not None:
+        if isinstance(dtype, torch.dtype):
             policy.to(dtype=dtype)
         if device is not None:
             policy.to(device)
@@ -184,9 +199,14 @@ class SmolVLAPolicy(nn.Module):
         expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in weights.items()}
         tied = self._tied_aliases()
-        optional = {alias for alias, source in tied.items() if source in found}
+        # Of two tied names (e.g. lm_head / embed_tokens with tie_word_embeddings), a file may
+        # hold either one: savers that de-duplicate shared tensors keep only one of them.
+        optional = {name for pair in tied.items() for name in pair
+                    if name not in found and any(other in found for other in pair)}
         check_keys(path, expected, found, optional)
         for alias, source in tied.items():
+            if source not in weights:
+                weights[source] = weights[alias]
             weights.setdefault(alias, weights[source])
         self.load_state_dict(weights, strict=True, assign=True)
         for alias, source in tied.items():  # re-tie what assign untied

@@ -279,8 +279,9 @@ class SmolVLMWithExpert(nn.Module):
         q = attn.q_proj(normed).view(*normed.shape[:-1], -1, self.head_dim)
         batch, n_src = src_k.shape[:2]
         # The VLM's post-RoPE keys and its values, flattened to (B, L, kv_heads*D), re-projected.
-        k = attn.k_proj(src_k.to(attn.k_proj.weight.dtype).reshape(batch, n_src, -1)).view(batch, n_src, -1, self.head_dim)
-        v = attn.v_proj(src_v.to(attn.v_proj.weight.dtype).reshape(batch, n_src, -1)).view(batch, n_src, -1, self.head_dim)
+        kv_shape = (batch, n_src, -1, self.head_dim)
+        k = attn.k_proj(src_k.to(attn.k_proj.weight.dtype).reshape(batch, n_src, -1)).view(kv_shape)
+        v = attn.v_proj(src_v.to(attn.v_proj.weight.dtype).reshape(batch, n_src, -1)).view(kv_shape)
         expert_pos = expert_pos - expert_pos.min(dim=1, keepdim=True).values  # re-based to 0
         q = apply_rope(q, expert_pos)
         att = eager_attention(q, k, v, mask[:, -suffix.shape[1]:, :n_src], self.head_dim)
