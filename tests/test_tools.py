@@ -68,3 +68,16 @@ def test_rerun_display_logs_frames(tmp_path):
 
     rr.disconnect()
     assert rrd.stat().st_size > 1000
+
+
+def test_calibrate_takes_the_record_configs():
+    from rlbench_sms.tools.calibrate import main, overrides_to_flags
+
+    assert overrides_to_flags(["robot=so101", "robot.config.port=/dev/ttyACM0", "robot.config.id=arm",
+                               "robot.config.calibration_dir=/tmp/cal"]) == [
+        "--port", "/dev/ttyACM0", "--id", "arm", "--role", "follower", "--variant", "so101",
+        "--calibration-dir", "/tmp/cal"]
+    assert "--role" in (flags := overrides_to_flags(["teleop=so100_leader", "teleop.config.port=/dev/x"]))
+    assert flags[flags.index("--role") + 1] == "leader"
+    assert main(["robot=so100"]) == 1                     # no port: one line, no traceback
+    assert main(["robot=so100", "teleop=so100_leader"]) == 1

@@ -1,5 +1,10 @@
-"""Calibrate an SO-100/SO-101 arm: ``python -m rlbench_sms.tools.calibrate --port /dev/ttyACM0
---id my_arm --role follower [--variant so101] [--calibration-dir DIR]``.
+"""Calibrate an SO-100/SO-101 arm, named with the same configs as ``record.py``::
+
+    python -m rlbench_sms.tools.calibrate robot=so100 robot.config.port=/dev/ttyACM0 robot.config.id=my_arm
+    python -m rlbench_sms.tools.calibrate teleop=so100_leader teleop.config.port=/dev/ttyACM1
+
+or with plain flags: ``--port /dev/ttyACM0 --id my_arm --role follower [--variant so101]
+[--calibration-dir DIR]``.
 
 The procedure is LeRobot's, so the file it writes is interchangeable with a LeRobot calibration:
 
@@ -19,6 +24,7 @@ Input is read line by line from a stream (stdin by default), so tests drive it w
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import shutil
 import sys
 import threading
@@ -128,6 +134,30 @@ def _line_reader(stream: TextIO, out: TextIO) -> Ask:
     return ask
 
 
+def overrides_to_flags(overrides: Sequence[str]) -> list[str]:
+    """``robot=so100 robot.config.port=...`` (Hydra overrides of conf/calibrate.yaml) -> flags."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf.errors import MissingMandatoryValue
+
+    groups = [g for g in ("robot", "teleop") if any(o.startswith(g + "=") for o in overrides)]
+    if len(groups) != 1:
+        raise ValueError("name one arm: robot=so100 robot.config.port=... (follower) or "
+                         "teleop=so100_leader teleop.config.port=... (leader)")
+    group = groups[0]
+    conf_dir = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose(config_name="calibrate", overrides=list(overrides))
+    arm = cfg[group].config
+    try:
+        flags = ["--port", str(arm.port), "--id", str(arm.id),
+                 "--role", "follower" if group == "robot" else "leader", "--variant", str(arm.variant)]
+    except MissingMandatoryValue:
+        raise ValueError(f"{group}.config.port is required, e.g. {group}.config.port=/dev/ttyACM0") from None
+    if arm.get("calibration_dir"):
+        flags += ["--calibration-dir", str(arm.calibration_dir)]
+    return flags
+
+
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None,
          stdout: TextIO | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlbench_sms.tools.calibrate",
@@ -141,6 +171,13 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None,
     parser.add_argument("--retries", type=int, default=3)
     parser.add_argument("--baudrate", type=int, default=DEFAULT_BAUDRATE)
     parser.add_argument("--poll-s", type=float, default=0.02, help=argparse.SUPPRESS)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and all("=" in a and not a.startswith("-") for a in argv):
+        try:
+            argv = overrides_to_flags(argv)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     args = parser.parse_args(argv)
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
