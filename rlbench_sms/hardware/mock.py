@@ -15,8 +15,9 @@ import numpy as np
 
 from rlbench_sms.features import (SO100_JOINT_NAMES, CameraIntrinsics, FeatureSpec, depth_feature,
                                   force_feature, joint_feature, rgb_feature, STATE, ACTION)
-from rlbench_sms.hardware.contracts import (Camera, CameraFrame, ForceReading, ForceSensor,
-                                            HardwareError, JointReading, Robot, Teleop)
+from rlbench_sms.hardware.camera_thread import ThreadedCamera
+from rlbench_sms.hardware.contracts import (CameraFrame, ForceReading, ForceSensor, HardwareError,
+                                            JointReading, Robot, Teleop)
 
 
 class _Connectable:
@@ -112,23 +113,35 @@ class MockCameraConfig:
     use_depth: bool = False
     noise_std: float = 3.0          # 8-bit levels, like a real sensor's
     stall_after_frames: int | None = None   # fault injection: stop producing frames
+    read_timeout_s: float = 0.5
 
 
-class MockCamera(_Connectable, Camera):
-    """Produces frames at ``fps`` in a background thread: a moving gradient with noise, and, with
-    ``use_depth``, a tilted plane in millimetres with noise and holes."""
+class MockCamera(ThreadedCamera):
+    """Frames at ``fps`` on the shared capture thread: a moving gradient with noise, and, with
+    ``use_depth``, a tilted plane in millimetres with noise and a moving band of holes."""
 
     def __init__(self, config: MockCameraConfig | None = None, seed: int = 0):
-        super().__init__()
         self.config = config or MockCameraConfig()
-        self.name = "mock camera"
+        super().__init__("mock camera", warmup_s=0.0, read_timeout_s=self.config.read_timeout_s,
+                         max_consecutive_errors=1)
         self._rng = np.random.default_rng(seed)
-        self._latest: CameraFrame | None = None
-        self._returned_ts: float | None = None
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._ring: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self._produced = 0
+        self._next_t = 0.0
+
+    @property
+    def intrinsics(self) -> CameraIntrinsics:
+        c = self.config
+        f = 0.9 * c.width
+        return CameraIntrinsics(c.width, c.height, f, f, c.width / 2, c.height / 2)
+
+    def features(self, camera_name: str) -> list[FeatureSpec]:
+        c = self.config
+        out = [rgb_feature(camera_name, c.height, c.width)]
+        if c.use_depth:
+            out.append(depth_feature(camera_name, c.height, c.width, intrinsics=self.intrinsics,
+                                     aligned_to=camera_name))
+        return out
 
     def _make_ring(self) -> None:
         """Pre-render a second of distinct noisy frames, replayed in a loop: rendering 640x480
@@ -146,76 +159,33 @@ class MockCamera(_Connectable, Camera):
             depth = None
             if c.use_depth:
                 d = plane_mm + 1.5 * noise[..., 0] / max(c.noise_std, 1e-6)   # ~1.5 mm noise
-                d[:, shift:shift + 8] = 0          # a moving band of invalid pixels
+                d[:, shift:shift + 8] = 0
                 depth = d.astype(np.uint16)
             self._ring.append((color, depth))
 
-    @property
-    def intrinsics(self) -> CameraIntrinsics:
-        c = self.config
-        f = 0.9 * c.width
-        return CameraIntrinsics(c.width, c.height, f, f, c.width / 2, c.height / 2)
-
-    def features(self, camera_name: str) -> list[FeatureSpec]:
-        c = self.config
-        out = [rgb_feature(camera_name, c.height, c.width)]
-        if c.use_depth:
-            out.append(depth_feature(camera_name, c.height, c.width, intrinsics=self.intrinsics,
-                                     aligned_to=camera_name))
-        return out
-
-    def connect(self) -> None:
+    # -- ThreadedCamera hooks ------------------------------------------------------------------
+    def _open(self) -> None:
         if not self._ring:
             self._make_ring()
-        super().connect()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="mock-camera", daemon=True)
-        self._thread.start()
+        self._produced = 0
+        self._next_t = time.monotonic()
 
-    def disconnect(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        super().disconnect()
-
-    def _make(self, n: int) -> CameraFrame:
-        color, depth = self._ring[n % len(self._ring)]
+    def _capture(self) -> CameraFrame | None:
+        # Deliver on the camera's own clock; poll in short slices so disconnect is prompt.
+        wait = self._next_t - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, 0.05))
+            return None
+        self._next_t += 1.0 / self.config.fps
+        stall = self.config.stall_after_frames
+        if stall is not None and self._produced >= stall:
+            return None
+        color, depth = self._ring[self._produced % len(self._ring)]
+        self._produced += 1
         return CameraFrame(time.monotonic(), color, depth)
 
-    def _run(self) -> None:
-        period = 1.0 / self.config.fps
-        next_t = time.monotonic()
-        n = 0
-        while not self._stop.is_set():
-            stalled = self.config.stall_after_frames is not None and n >= self.config.stall_after_frames
-            if not stalled:
-                frame = self._make(n)
-                with self._cond:
-                    self._latest = frame
-                    self._cond.notify_all()
-                n += 1
-            next_t += period
-            self._stop.wait(max(0.0, next_t - time.monotonic()))
-
-    def read_latest(self, max_age_s: float, timeout_s: float) -> CameraFrame:
-        self._require_connected()
-        with self._cond:
-            latest = self._latest
-        if latest is not None and time.monotonic() - latest.timestamp < max_age_s:
-            self._returned_ts = latest.timestamp
-            return latest
-        return self.read(timeout_s)
-
-    def read(self, timeout_s: float) -> CameraFrame:
-        self._require_connected()
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while self._latest is None or self._latest.timestamp == self._returned_ts:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._cond.wait(left):
-                    raise HardwareError(self.name, f"no new frame within {timeout_s * 1000:.0f} ms")
-            self._returned_ts = self._latest.timestamp
-            return self._latest
+    def _close(self) -> None:
+        pass
 
 
 @dataclass
