@@ -15,6 +15,8 @@ from rlbench_sms.hardware.sim.feetech_bus import FeetechBusSimulator
 from rlbench_sms.hardware.so100 import (MOTOR_IDS, SO100Follower, SO100FollowerConfig, SO100Leader,
                                         SO100LeaderConfig, parse_max_relative_target)
 
+SIM_LATENCY_MS = 60.0   # see tests/test_feetech.py: the simulator may miss 34 ms on a loaded CI box
+
 TICK_DEG = 360 / 4095
 # Present-position ticks: body joints 1000..3000 (mid 2000 = 0 deg), wrist_roll full turn,
 # gripper 2000..3000 (0..100).
@@ -41,7 +43,7 @@ def sim():
 
 @pytest.fixture
 def follower(sim, cal_dir):
-    robot = SO100Follower(SO100FollowerConfig(port=sim.port, id="arm", calibration_dir=cal_dir))
+    robot = SO100Follower(SO100FollowerConfig(port=sim.port, id="arm", calibration_dir=cal_dir, latency_timer_ms=SIM_LATENCY_MS))
     robot.connect()
     yield robot
     robot.disconnect()
@@ -134,10 +136,10 @@ def test_connect_writes_calibration_and_configures(sim, follower):
 
 
 def test_reconnect_does_not_rewrite_eeprom(sim, cal_dir):
-    with SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir):
+    with SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir, latency_timer_ms=SIM_LATENCY_MS):
         pass
     sim.received.clear()
-    with SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir):
+    with SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir, latency_timer_ms=SIM_LATENCY_MS):
         pass
     written = {packet[5] for packet in sim.received if packet[4] == 0x03}      # WRITE addresses
     assert written == {40, 55}          # only Torque_Enable and Lock: no EEPROM rewritten
@@ -184,20 +186,20 @@ def test_send_action_clips_to_the_calibrated_range(sim, follower):
 
 
 def test_max_relative_target_clips_each_step(sim, cal_dir):
-    with SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir,
+    with SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir, latency_timer_ms=SIM_LATENCY_MS,
                        max_relative_target={**{m: 5.0 for m in MOTOR_IDS}, "gripper": 10.0}) as robot:
         present = robot.read_joints().positions.astype(np.float64)
         sent = robot.send_action(present + np.array([30, -30, 2, 0, 100, 50]))
         np.testing.assert_allclose(sent - present, [5, -5, 2, 0, 5, 10], atol=1e-4)
         assert robot.clipped_steps == 1
-    with SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir, max_relative_target=1.5) as robot:
+    with SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir, latency_timer_ms=SIM_LATENCY_MS, max_relative_target=1.5) as robot:
         present = robot.read_joints().positions.astype(np.float64)
         sent = robot.send_action(present - 20)
         np.testing.assert_allclose(sent - present, [-1.5] * 5 + [-1.5], atol=1e-4)
 
 
 def test_comm_loss_in_send_action_disables_torque_and_reraises(sim, cal_dir):
-    robot = SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir, max_relative_target=10.0,
+    robot = SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir, latency_timer_ms=SIM_LATENCY_MS, max_relative_target=10.0,
                           retries=2)
     robot.connect()
     assert all(sim.register(i, "Torque_Enable") == 1 for i in range(1, 7))
@@ -210,7 +212,7 @@ def test_comm_loss_in_send_action_disables_torque_and_reraises(sim, cal_dir):
     time.sleep(0.01)
     assert all(sim.register(i, "Torque_Enable") == 0 for i in range(1, 7))
     robot.disconnect()                                     # quick: no acknowledged writes on a dead bus
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 2.0
     assert not robot.is_connected
 
 
@@ -223,10 +225,10 @@ def test_comm_loss_in_read_joints_disables_torque(sim, follower):
 
 
 def test_disconnect_disables_torque(sim, cal_dir):
-    with SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir):
+    with SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir, latency_timer_ms=SIM_LATENCY_MS):
         assert sim.register(3, "Torque_Enable") == 1
     assert all(sim.register(i, "Torque_Enable") == 0 for i in range(1, 7))
-    with SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir,
+    with SO100Follower(port=sim.port, id="arm", calibration_dir=cal_dir, latency_timer_ms=SIM_LATENCY_MS,
                        disable_torque_on_disconnect=False):
         pass
     assert all(sim.register(i, "Torque_Enable") == 1 for i in range(1, 7))
@@ -241,8 +243,8 @@ def test_dropped_packets_during_teleop_are_retried(sim, follower):
 
 def test_leader_to_follower_teleop_step(cal_dir):
     with FeetechBusSimulator() as leader_sim, FeetechBusSimulator(speed_ticks_per_s=50_000) as follower_sim:
-        leader = SO100Leader(SO100LeaderConfig(port=leader_sim.port, id="arm", calibration_dir=cal_dir))
-        follower = SO100Follower(port=follower_sim.port, id="arm", calibration_dir=cal_dir)
+        leader = SO100Leader(SO100LeaderConfig(port=leader_sim.port, id="arm", calibration_dir=cal_dir, latency_timer_ms=SIM_LATENCY_MS))
+        follower = SO100Follower(port=follower_sim.port, id="arm", calibration_dir=cal_dir, latency_timer_ms=SIM_LATENCY_MS)
         with leader, follower:
             assert all(leader_sim.register(i, "Torque_Enable") == 0 for i in range(1, 7))
             hand = {1: 1500, 2: 2600, 3: 1200, 4: 2900, 5: 300, 6: 2750}

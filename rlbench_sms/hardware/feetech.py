@@ -233,6 +233,27 @@ class Motor:
         return MODELS[self.model][1]
 
 
+# The SDK waits ``2 x LATENCY_TIMER + 2 ms`` (+ bytes on the wire) for a reply: 16 ms matches a
+# USB-serial adapter's default latency timer. A loaded machine or a slow adapter may need more.
+DEFAULT_LATENCY_TIMER_MS = 16.0
+
+
+def _port_handler_class(scs):
+    """scservo_sdk's PortHandler with the latency timer as a parameter (the SDK hard-codes it)."""
+
+    class PortHandler(scs.PortHandler):
+        def __init__(self, port: str, latency_timer_ms: float):
+            super().__init__(port)
+            self.latency_timer_ms = latency_timer_ms
+
+        def setPacketTimeout(self, packet_length):  # noqa: N802 - the SDK's name
+            self.packet_start_time = self.getCurrentTime()
+            self.packet_timeout = (self.tx_time_per_byte * packet_length
+                                   + 2.0 * self.latency_timer_ms + 2.0)
+
+    return PortHandler
+
+
 class FeetechBus:
     """Named motors on one Feetech serial bus.
 
@@ -243,7 +264,7 @@ class FeetechBus:
     """
 
     def __init__(self, port: str, motors: Mapping[str, Motor], *, baudrate: int = DEFAULT_BAUDRATE,
-                 retries: int = 3):
+                 retries: int = 3, latency_timer_ms: float = DEFAULT_LATENCY_TIMER_MS):
         if not port:
             raise ValueError("a serial port is required, e.g. /dev/ttyACM0")
         if baudrate not in SUPPORTED_BAUDRATES:
@@ -258,6 +279,7 @@ class FeetechBus:
         self.motors: dict[str, Motor] = dict(motors)
         self.baudrate = int(baudrate)
         self.retries = int(retries)
+        self.latency_timer_ms = float(latency_timer_ms)
         self.retry_count = 0
         self.last_read_timestamp = 0.0
         self._port_handler = None
@@ -288,7 +310,7 @@ class FeetechBus:
             raise HardwareError(self.device, "feetech-servo-sdk is not installed: "
                                              "pip install 'rlbench_sms[robot]'") from error
 
-        handler = scs.PortHandler(self.port)
+        handler = _port_handler_class(scs)(self.port, self.latency_timer_ms)
         handler.baudrate = self.baudrate
         try:
             opened = handler.openPort()        # opens pyserial at handler.baudrate
@@ -385,6 +407,12 @@ class FeetechBus:
                 try:
                     self._prepare_attempt()
                     result, payload = attempt()
+                except (IndexError, ValueError) as error:
+                    # The SDK indexes into a reply cut short by its timeout (e.g. ping's model
+                    # read): a garbled attempt like any other, so retry it.
+                    log.debug("%s: %s: short reply (%s)", self.device, operation, error)
+                    result = COMM_RX_CORRUPT
+                    continue
                 except _PORT_ERRORS as error:   # serial.SerialException too: the port is gone
                     text = " ".join(str(error).split())
                     raise BusCommunicationError(

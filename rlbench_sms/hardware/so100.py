@@ -79,6 +79,7 @@ class SO100LeaderConfig:
     variant: str = "so100"                      # "so100" or "so101" (same motors and ids)
     calibration_dir: Optional[str] = None       # None: LeRobot's calibration folder
     retries: int = 3                            # extra attempts per bus transaction
+    latency_timer_ms: float = 16.0              # USB-serial latency the reply timeout allows for
     use_degrees: bool = True                    # False: body joints in -100..100 (pre-2026 LeRobot)
     baudrate: int = DEFAULT_BAUDRATE
     return_delay_time: int = 0                  # Return_Delay_Time register, x2 us
@@ -97,6 +98,7 @@ class SO100FollowerConfig:
     # 0-100): None (no limit), one number for every joint, or {joint: number} for all six joints.
     max_relative_target: Any = None
     retries: int = 3                            # extra attempts per bus transaction
+    latency_timer_ms: float = 16.0              # USB-serial latency the reply timeout allows for
     disable_torque_on_disconnect: bool = True
     use_degrees: bool = True                    # False: body joints in -100..100 (pre-2026 LeRobot)
     baudrate: int = DEFAULT_BAUDRATE
@@ -204,7 +206,8 @@ class _SOArm:
             raise HardwareError(self.name, "already connected")
         self._load_calibration()
         bus = FeetechBus(self.config.port, so100_motors(), baudrate=int(self.config.baudrate),
-                         retries=int(self.config.retries))
+                         retries=int(self.config.retries),
+                         latency_timer_ms=float(self.config.latency_timer_ms))
         bus.connect(handshake=True)
         self._bus = bus
         try:

@@ -32,7 +32,7 @@ from typing import Callable, Sequence, TextIO
 
 from rlbench_sms.hardware.calibration import (HOMING_OFFSET_LIMIT, MotorCalibration, save_calibration)
 from rlbench_sms.hardware.contracts import HardwareError
-from rlbench_sms.hardware.feetech import DEFAULT_BAUDRATE, FeetechBus
+from rlbench_sms.hardware.feetech import DEFAULT_BAUDRATE, DEFAULT_LATENCY_TIMER_MS, FeetechBus
 from rlbench_sms.hardware.so100 import (FULL_TURN_MOTORS, ROLES, VARIANTS, calibration_path,
                                         so100_motors)
 
@@ -170,6 +170,8 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None,
                         help="folder of the calibration files (default: LeRobot's)")
     parser.add_argument("--retries", type=int, default=3)
     parser.add_argument("--baudrate", type=int, default=DEFAULT_BAUDRATE)
+    parser.add_argument("--latency-timer-ms", type=float, default=DEFAULT_LATENCY_TIMER_MS,
+                        help="USB-serial latency the reply timeout allows for")
     parser.add_argument("--poll-s", type=float, default=0.02, help=argparse.SUPPRESS)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and all("=" in a and not a.startswith("-") for a in argv):
@@ -186,7 +188,8 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None,
 
     path = calibration_path(args.role, args.id, args.calibration_dir, args.variant)
     try:
-        bus = FeetechBus(args.port, so100_motors(), baudrate=args.baudrate, retries=args.retries)
+        bus = FeetechBus(args.port, so100_motors(), baudrate=args.baudrate, retries=args.retries,
+                         latency_timer_ms=args.latency_timer_ms)
         with bus:
             say(f"Calibrating the {args.variant} {args.role} {args.id!r} on {args.port}; "
                 f"torque is off, the arm can be moved by hand.")
