@@ -120,11 +120,12 @@ class ThreadedCamera(Camera):
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                if self._error is not None:
-                    raise self._error
+                # A frame captured before a failure is still a good frame: hand it out first.
                 if self._latest is not None and self._latest_seq > self._returned_seq:
                     self._returned_seq = self._latest_seq
                     return self._latest
+                if self._error is not None:
+                    raise self._error
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise HardwareError(self.name, self._timeout_message(timeout_s, during))
