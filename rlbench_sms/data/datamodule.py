@@ -140,7 +140,10 @@ class FrameDataset(Dataset):
                 return torch.from_numpy(np.ascontiguousarray(frame[None]))
             return torch.from_numpy(np.ascontiguousarray(frame.transpose(2, 0, 1)))   # (3, H, W)
 
-        if len(self.video_keys) == 1 or self.decode_threads <= 1:
+        # In DataLoader workers the workers already spread items over the cores; a pool per worker
+        # would only oversubscribe them (measured: 294 vs 280 samples/s with 2 workers).
+        in_worker = torch.utils.data.get_worker_info() is not None
+        if len(self.video_keys) == 1 or self.decode_threads <= 1 or in_worker:
             return {k: one(k) for k in self.video_keys}
         if self._pool is None or self._pool_pid != os.getpid():
             self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
