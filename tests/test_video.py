@@ -364,6 +364,7 @@ def test_decoder_survives_fork(videos, name):
     proc = ctx.Process(target=_child_reads, args=(dec, want, child_conn))
     proc.start()
     child_conn.close()
+    assert parent_conn.poll(60), "the forked child never answered (deadlocked after fork?)"
     status, got = parent_conn.recv()
     proc.join(timeout=30)
     assert status == "ok", got

@@ -605,6 +605,10 @@ class VideoDecoder:
 
     Opens the file on first use and keeps it open; a decoder created in one process and used in a
     forked child reopens the file there (a shared file offset would corrupt both readers).
+    ``thread_count`` defaults to 1: codec worker threads (dav1d decodes ahead) can be mid-work
+    when a DataLoader forks, and a child inheriting a lock they held deadlocks; single-threaded
+    decoders also read random frames fastest here (see ``reader.DatasetReader``). Pass 0 (FFmpeg's
+    choice) for long sequential reads in a process that never forks.
     Requests just after the last decoded frame continue decoding without a seek, so sequential
     reads cost one frame each. After a seek, frames are matched by pts, and if the seek landed
     after the first requested time (HEVC with B-frames/open GOP, where the demuxer's keyframe
@@ -612,7 +616,7 @@ class VideoDecoder:
     """
 
     def __init__(self, path: Path | str, quantization: DepthQuantization | None = None,
-                 thread_count: int = 0):
+                 thread_count: int = 1):
         self.path = Path(path)
         self.quantization = quantization
         self.thread_count = int(thread_count)
