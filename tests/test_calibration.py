@@ -186,7 +186,7 @@ def test_calibrate_tool_end_to_end(tmp_path):
                 sim.set_actual_position(motor_id, ticks)
 
         out = io.StringIO()
-        code = calibrate.main(["--latency-timer-ms", "60", "--port", sim.port, "--id", "arm", "--role", "follower",
+        code = calibrate.main(["--latency-timer-ms", "100", "--port", sim.port, "--id", "arm", "--role", "follower",
                                "--calibration-dir", str(tmp_path), "--poll-s", "0.005"],
                               stdin=ScriptedInput(middle, _sweep(sim, SWEEP)), stdout=out)
         assert code == 0, out.getvalue()
@@ -204,7 +204,7 @@ def test_calibrate_tool_end_to_end(tmp_path):
         assert "Calibration saved to" in out.getvalue()
 
         # Recalibrating keeps the previous file as a backup.
-        code = calibrate.main(["--latency-timer-ms", "60", "--port", sim.port, "--id", "arm", "--role", "follower",
+        code = calibrate.main(["--latency-timer-ms", "100", "--port", sim.port, "--id", "arm", "--role", "follower",
                                "--calibration-dir", str(tmp_path), "--poll-s", "0.005"],
                               stdin=ScriptedInput(middle, _sweep(sim, SWEEP)), stdout=io.StringIO())
         assert code == 0 and (tmp_path / "arm.json.bak").is_file()
@@ -213,7 +213,7 @@ def test_calibrate_tool_end_to_end(tmp_path):
 def test_calibrate_tool_refuses_a_joint_that_did_not_move(tmp_path, capsys):
     with FeetechBusSimulator() as sim:
         partial = {k: v for k, v in SWEEP.items() if k != 3}
-        code = calibrate.main(["--latency-timer-ms", "60", "--port", sim.port, "--id", "arm", "--role", "leader",
+        code = calibrate.main(["--latency-timer-ms", "100", "--port", sim.port, "--id", "arm", "--role", "leader",
                                "--calibration-dir", str(tmp_path), "--poll-s", "0.005"],
                               stdin=ScriptedInput(lambda: None, _sweep(sim, partial)), stdout=io.StringIO())
     assert code == 1

@@ -18,7 +18,7 @@ from rlbench_sms.hardware.so100 import so100_motors
 
 # The simulator answers from a thread: on a loaded 2-core CI machine it can miss the SDK's 34 ms
 # real-hardware reply window, so the tests give the bus a longer latency timer.
-SIM_LATENCY_MS = 60.0
+SIM_LATENCY_MS = 100.0
 
 SYNC_READ_POSITIONS = bytes.fromhex("ff ff fe 0a 82 38 02 01 02 03 04 05 06 26")
 

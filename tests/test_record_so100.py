@@ -24,7 +24,7 @@ def record_cmd(tmp_path, follower_port, leader_port, seconds):
             f"robot.config.port={follower_port}", f"teleop.config.port={leader_port}",
             "robot.config.id=follower", "teleop.config.id=leader",
             f"robot.config.calibration_dir={tmp_path}", f"teleop.config.calibration_dir={tmp_path}",
-            "robot.config.latency_timer_ms=60", "teleop.config.latency_timer_ms=60",
+            "robot.config.latency_timer_ms=100", "teleop.config.latency_timer_ms=100",
             "dataset.single_task=pick", "dataset.num_episodes=2", f"dataset.episode_time_s={seconds}",
             "dataset.reset_time_s=0", f"dataset.root={tmp_path / 'ds'}", f"paths.output_dir={tmp_path / 'out'}",
             "dataset.video.vcodec=h264", "dataset.video.crf=23", "dataset.video.preset=ultrafast", *small]
@@ -92,9 +92,9 @@ def test_full_rig_so100_realsense_serial_force(tmp_path, arms):
     with ForceSensorSimulator(protocol="binary", rate_hz=200) as force_sim:
         force_sim.set_value([1.0, 2.0, 3.0, 0.1, 0.2, 0.3])
         robot = SO100Follower(SO100FollowerConfig(port=follower_bus.port, id="follower", calibration_dir=str(tmp_path),
-                                                  latency_timer_ms=60))
+                                                  latency_timer_ms=100))
         teleop = SO100Leader(SO100LeaderConfig(port=leader_bus.port, id="leader", calibration_dir=str(tmp_path),
-                                               latency_timer_ms=60))
+                                               latency_timer_ms=100))
         source = SoftwareRealSenseSource(depth_units_m=0.0001, autoplay=True)
         camera = RealSenseCamera(RealSenseCameraConfig(serial_number="sim", width=64, height=48, fps=fps,
                                                        warmup_s=0.2), source=source)

@@ -15,7 +15,7 @@ from rlbench_sms.hardware.sim.feetech_bus import FeetechBusSimulator
 from rlbench_sms.hardware.so100 import (MOTOR_IDS, SO100Follower, SO100FollowerConfig, SO100Leader,
                                         SO100LeaderConfig, parse_max_relative_target)
 
-SIM_LATENCY_MS = 60.0   # see tests/test_feetech.py: the simulator may miss 34 ms on a loaded CI box
+SIM_LATENCY_MS = 100.0   # see tests/test_feetech.py: the simulator may miss 34 ms on a loaded CI box
 
 TICK_DEG = 360 / 4095
 # Present-position ticks: body joints 1000..3000 (mid 2000 = 0 deg), wrist_roll full turn,
@@ -212,7 +212,7 @@ def test_comm_loss_in_send_action_disables_torque_and_reraises(sim, cal_dir):
     time.sleep(0.01)
     assert all(sim.register(i, "Torque_Enable") == 0 for i in range(1, 7))
     robot.disconnect()                                     # quick: no acknowledged writes on a dead bus
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 3.0
     assert not robot.is_connected
 
 
