@@ -8,6 +8,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# One compute thread per test process: `make test` runs two xdist workers on two cores, and torch's
+# spinning worker threads slow everything down many times over when they oversubscribe the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from dataset_factory import make_dataset  # noqa: E402
@@ -17,3 +20,20 @@ from dataset_factory import make_dataset  # noqa: E402
 def tiny_dataset(tmp_path_factory) -> Path:
     """A 3-episode dataset (2 RGB cameras, aligned depth, force) shared read-only by tests."""
     return make_dataset(tmp_path_factory.mktemp("tiny") / "ds", episodes=3)
+
+
+@pytest.fixture(scope="session")
+def small_sample(tmp_path_factory) -> Path:
+    """The procedural sample at 48x64, 4 one-second episodes: RGB x2, depth, force, tip."""
+    from rlbench_sms.data.sample import build_sample
+    from rlbench_sms.data.sample_scene import SceneConfig
+
+    root = tmp_path_factory.mktemp("small_sample") / "ds"
+    return build_sample(root, 4, SceneConfig(height=48, width=64, episode_seconds=1.0), show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory) -> Path:
+    from rlbench_sms.policy.smolvla import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("models") / "tiny_smolvlm")

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.data.metadata import DatasetMeta
 from rlbench_sms.data.reader import DEFAULT_TOLERANCE_S, DatasetReader
+from rlbench_sms.data.sampler import StepSampler
 from rlbench_sms.features import (ACTION, EPISODE_INDEX, FORCE, FRAME_INDEX, INDEX, STATE,
                                   TASK_INDEX, TIMESTAMP, TIP_POSITION, TIP_VALID, is_camera_key,
                                   is_depth_key)
@@ -203,13 +204,17 @@ class FrameDataModule(pl.LightningDataModule):
         force_window: past force steps per item (1 = the current reading only).
         val_fraction: share of episodes held out; ``split_seed`` picks them.
         seed: seeds the shuffling of training frames (the same seed gives the same batches).
+        total_steps: optimiser steps of the run (the trainer's ``max_steps``). When set, training
+            frames come from a :class:`StepSampler`: an order fixed by the seed, split over DDP
+            ranks, that a run resumed from a checkpoint continues exactly where it stopped.
     """
 
     def __init__(self, root: str | Path, keys: Sequence[str], chunk_size: int = 50,
                  force_window: int = 1, val_fraction: float = 0.1, split_seed: int = 0,
                  batch_size: int = 8, num_workers: int = 0, seed: int = 0,
                  tolerance_s: float = DEFAULT_TOLERANCE_S, pin_memory: bool = False,
-                 persistent_workers: bool = True, prefetch_factor: int = 2):
+                 persistent_workers: bool = True, prefetch_factor: int = 2,
+                 total_steps: int | None = None):
         super().__init__()
         self.root = Path(root)
         self.keys = list(keys)
@@ -224,6 +229,7 @@ class FrameDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.prefetch_factor = prefetch_factor if num_workers > 0 else None
+        self.total_steps = total_steps
         self.train_set: FrameDataset | None = None
         self.val_set: FrameDataset | None = None
 
@@ -239,21 +245,44 @@ class FrameDataModule(pl.LightningDataModule):
         if self.val_episodes:
             self.val_set = FrameDataset(self.root, episodes=self.val_episodes, **kwargs)
 
-    def _loader(self, dataset: FrameDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, sampler: StepSampler | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, generator=generator,
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, num_workers=self.num_workers, generator=generator,
                           worker_init_fn=_seed_worker, pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers,
-                          prefetch_factor=self.prefetch_factor, drop_last=shuffle)
+                          prefetch_factor=self.prefetch_factor, drop_last=shuffle and sampler is None)
+
+    def _distribution(self) -> tuple[int, int, int]:
+        """(rank, world size, batches this rank already trained on) from the attached trainer."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1, 0
+        # Restored from the checkpoint before the loaders are built, so a resumed run starts
+        # at the batch after the last one it trained on.
+        done = trainer.global_step * trainer.accumulate_grad_batches
+        return trainer.global_rank, trainer.world_size, done
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.train_set, shuffle=True)
+        if self.total_steps is None:
+            return self._loader(self.train_set, shuffle=True)
+        rank, world, done = self._distribution()
+        accumulate = getattr(getattr(self, "trainer", None), "accumulate_grad_batches", 1) or 1
+        sampler = StepSampler(len(self.train_set), self.batch_size, self.total_steps * accumulate,
+                              seed=self.seed, rank=rank, world_size=world, start_batch=done)
+        return self._loader(self.train_set, shuffle=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
-        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+        if self.val_set is None:
+            return []
+        rank, world, _ = self._distribution()
+        if world == 1:
+            return self._loader(self.val_set, shuffle=False)
+        # Each DDP rank validates its own share of the frames (metrics are averaged across ranks).
+        return self._loader(torch.utils.data.Subset(self.val_set, range(rank, len(self.val_set), world)),
+                            shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         return frames_to_float(batch)

@@ -3,7 +3,9 @@
     python -m rlbench_sms.data.sample data/sample [--episodes 8] [--overwrite]
 
 Two RGB cameras (``front``, ``wrist``), depth aligned to ``front`` (uint16 mm, FFV1), a 6-axis
-wrist force, joint state and action, one task string. Built offline in seconds; the dataset is
+wrist force, joint state and action, the object "tip" (the cube centre in the ``front`` camera
+frame, from the renderer's ground truth; a detector writes the same keys on real data), one task
+string. Built offline in seconds; the dataset is
 written to a sibling folder first and moved into place only when complete.
 """
 
@@ -14,12 +16,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlbench_sms.data.sample_scene import SceneConfig, render_episode
 from rlbench_sms.data.writer import DatasetWriter
-from rlbench_sms.features import (ACTION, FORCE, STATE, depth_feature, depth_key, force_feature,
-                                  image_key, joint_feature, rgb_feature)
+from rlbench_sms.features import (ACTION, FORCE, STATE, TIP_POSITION, TIP_VALID, depth_feature, depth_key,
+                                  force_feature, image_key, joint_feature, rgb_feature, tip_features)
 
 ROBOT_TYPE = "so100_follower"
 CAMERAS = ("front", "wrist")
@@ -34,6 +37,7 @@ def sample_features(config: SceneConfig, intrinsics) -> list:
         force_feature(),
         *[rgb_feature(cam, h, w) for cam in CAMERAS],
         depth_feature(DEPTH_CAMERA, h, w, intrinsics=intrinsics, aligned_to=DEPTH_CAMERA),
+        *tip_features(),
     ]
 
 
@@ -57,7 +61,9 @@ def build_sample(root: str | Path, episodes: int = 8, config: SceneConfig | None
             episode = first if ep == 0 else render_episode(seed + ep, config)
             for t in range(len(episode.state)):
                 frame = {STATE: episode.state[t], ACTION: episode.action[t], FORCE: episode.force[t],
-                         depth_key(DEPTH_CAMERA): episode.depth[DEPTH_CAMERA][t]}
+                         depth_key(DEPTH_CAMERA): episode.depth[DEPTH_CAMERA][t],
+                         # Ground truth is always "detected": the cube stays in the front view.
+                         TIP_POSITION: episode.object_position[t], TIP_VALID: np.array([True])}
                 frame.update({image_key(cam): episode.images[cam][t] for cam in CAMERAS})
                 writer.add_frame(frame, episode.task)
             writer.save_episode()

@@ -1,0 +1,1 @@
+"""Training: the Lightning module, policy construction from config, export, sweep summaries."""

@@ -1,0 +1,18 @@
+"""Train a SmolVLA policy: `python train.py modality=rgb+depth+force`, sweeps with `-m`.
+
+See conf/train.yaml for the options and README.md for multi-GPU, multi-node and SLURM commands.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from rlbench_sms.training.run import entry
+
+    return entry(cfg)
+
+
+if __name__ == "__main__":
+    main()
