@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The main job: build + validate the sample, then train the tiny SmolVLA on it (rgb+depth+force).
 demo: install
 	$(PY) -m rlbench_sms.data.sample $(SAMPLE) --overwrite
 	$(PY) -m rlbench_sms.data.validate $(SAMPLE)
+	$(PY) train.py experiment=demo
 
 test: install
 	$(PY) -m pytest -q -n 2 -m "not slow"
@@ -34,6 +36,7 @@ bench: install $(SAMPLE)/meta/info.json
 	$(PY) benchmarks/depth_codec.py
 	$(PY) benchmarks/video_codec.py $(SAMPLE)
 	$(PY) benchmarks/dataloader.py $(SAMPLE) --modality rgb+depth+force
+	$(PY) benchmarks/train_throughput.py --dataset $(SAMPLE)
 
 $(SAMPLE)/meta/info.json: | install
 	$(PY) -m rlbench_sms.data.sample $(SAMPLE)

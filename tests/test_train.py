@@ -14,7 +14,7 @@ from rlbench_sms.policy.smolvla import SmolVLAPolicy
 from rlbench_sms.training.export import SIDECAR_FILE, read_export_info
 from rlbench_sms.training.plan import ConfigError, plan_training
 from rlbench_sms.training.run import RUN_FILE, train
-from train_helpers import compose_train, run_train_script, sweep_overrides, test_overrides
+from train_helpers import compose_train, run_train_script, sweep_overrides, small_run_overrides
 
 PRESETS = ["rgb", "rgb+depth", "rgb+force", "rgb+depth+force", "rgb+tip", "rgb+depth+tip", "rgb+depth+force+tip"]
 
@@ -29,7 +29,7 @@ def models(tmp_path, tiny_vlm_dir) -> Path:
 
 
 def demo_cfg(small_sample, models, run_dir, *extra, steps=2):
-    return compose_train(["experiment=demo", *test_overrides(small_sample, models, run_dir, steps), *extra])
+    return compose_train(["experiment=demo", *small_run_overrides(small_sample, models, run_dir, steps), *extra])
 
 
 # ------------------------------------------------------------------ config checks
@@ -74,7 +74,7 @@ def test_feature_missing_from_dataset_is_named(tiny_dataset, models, tmp_path):
 
 
 def test_train_script_config_errors_exit_2_with_one_line(small_sample, models, tmp_path):
-    args = ["experiment=demo", *test_overrides(small_sample, models, None), "modality=rgb+depth",
+    args = ["experiment=demo", *small_run_overrides(small_sample, models, None), "modality=rgb+depth",
             "~policy/branch/depth", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = run_train_script(args, tmp_path)
     assert proc.returncode == 2, proc.stderr
@@ -183,7 +183,7 @@ def test_optuna_sweep_returns_the_metric(small_sample, models, tmp_path):
 def test_ddp_on_two_cpu_processes_writes_one_run_folder(small_sample, models, tmp_path):
     outputs = tmp_path / "outputs"
     run = outputs / "ddp_run"
-    args = ["experiment=demo", *test_overrides(small_sample, models, None), "trainer=ddp", "trainer.accelerator=cpu",
+    args = ["experiment=demo", *small_run_overrides(small_sample, models, None), "trainer=ddp", "trainer.accelerator=cpu",
             "trainer.devices=2", "trainer.precision=32-true", f"hydra.run.dir={run}"]
     proc = run_train_script(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

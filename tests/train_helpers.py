@@ -13,7 +13,7 @@ REPO = Path(__file__).parent.parent
 CONF = REPO / "conf"
 
 
-def test_overrides(dataset: Path, models: Path, run_dir: Path | None = None, steps: int = 2) -> list[str]:
+def small_run_overrides(dataset: Path, models: Path, run_dir: Path | None = None, steps: int = 2) -> list[str]:
     """Overrides that make ``experiment=demo`` small and quiet enough for a test."""
     out = [f"dataset.root={dataset}", f"paths.models_dir={models}", f"trainer.max_steps={steps}",
            f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=1", "data.batch_size=2",
@@ -25,8 +25,8 @@ def test_overrides(dataset: Path, models: Path, run_dir: Path | None = None, ste
 
 
 def sweep_overrides(dataset: Path, models: Path, steps: int = 2) -> list[str]:
-    """``test_overrides`` for ``-m`` runs, kept out of the sweep sub-folder names."""
-    fixed = test_overrides(dataset, models, None, steps)
+    """``small_run_overrides`` for ``-m`` runs, kept out of the sweep sub-folder names."""
+    fixed = small_run_overrides(dataset, models, None, steps)
     keys = ",".join(item.split("=", 1)[0] for item in fixed)
     return [*fixed, f"hydra.job.config.override_dirname.exclude_keys=[{keys},experiment]"]
 

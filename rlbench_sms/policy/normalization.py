@@ -15,6 +15,9 @@ Modes (``eps`` = 1e-8):
 
 Statistics are kept in float32 and, like LeRobot, cast to the dtype and device of the tensor they
 are applied to. Visual stats of shape (C,) are reshaped to (C, 1, 1) to broadcast over images.
+Vector stats of shape (C,) broadcast over the last axis, so a window (B, W, C) (e.g. a force
+history) is normalised per channel like a single reading (B, C). Boolean tensors (validity flags
+such as ``observation.tip.valid``) are never normalised.
 """
 
 from __future__ import annotations
@@ -125,7 +128,7 @@ class Normalizer:
         """A shallow copy of ``batch`` with every known feature present in it normalised."""
         out = dict(batch)
         for key in self.features:
-            if key in out and isinstance(out[key], Tensor):
+            if key in out and isinstance(out[key], Tensor) and out[key].dtype != torch.bool:
                 out[key] = self.normalize(key, out[key])
         return out
 
@@ -144,8 +147,9 @@ class Normalizer:
 
     def _apply(self, key: str, x: Tensor, inverse: bool) -> Tensor:
         mode = self.mode(key)
-        if mode == "IDENTITY":
+        if mode == "IDENTITY" or x.dtype == torch.bool:
             return x
+        self._check_channels(key, x, REQUIRED_STATS[mode][0])
         if mode == "MEAN_STD":
             mean, std = self._stat(key, "mean", x), self._stat(key, "std", x)
             if inverse:
@@ -163,6 +167,15 @@ class Normalizer:
         if inverse:
             return (x + 1.0) * span / 2.0 + lo
         return 2.0 * (x - lo) / span - 1.0
+
+
+    def _check_channels(self, key: str, x: Tensor, stat: str) -> None:
+        """A vector stat (C,) must match the last axis of ``x`` (B, C) / (B, W, C): broadcasting
+        would otherwise hide a wrong feature width (C = 1 silently, else with a vague error)."""
+        t = self.stats[key][stat]
+        if t.ndim == 1 and t.numel() > 1 and (x.ndim == 0 or x.shape[-1] != t.numel()):
+            raise ValueError(f"{key}: stats have {t.numel()} channels but the tensor has shape {tuple(x.shape)} "
+                             f"(channels last expected)")
 
 
 def _type_of(feature: Any) -> str:

@@ -26,19 +26,27 @@ Batches are LeRobot-style dicts in robot units: ``observation.images.<cam>`` flo
 [0, 1], ``observation.state`` (B, S), ``task`` list[str] (or pre-tokenised
 ``observation.language.tokens`` / ``.attention_mask``), and for training ``action`` (B, T, A) with
 ``action_is_pad`` (B, T). Normalisation with the checkpoint's stats happens inside.
+
+Sensor branches (``branches=``, see ``rlbench_sms.policy.branches``) read depth, force and tip keys
+from the same batch. With every branch off the policy is exactly LeRobot's SmolVLA; with one on,
+the checkpoint gains a ``branches.json`` sidecar and ``branches.*`` tensors in ``model.safetensors``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ..branches.config import (BRANCHES_FILE, BranchesConfig, parse_branches, read_branches_file,
+                               write_branches_file)
+from ..branches.runtime import PolicyBranches
 from ..normalization import Normalizer
 from . import aloha
 from .checkpoint import (CONFIG_FILE, WEIGHTS_FILE, CheckpointError, ProcessorSpec, check_keys, read_processors,
@@ -90,21 +98,27 @@ class PreparedInputs:
     state: Tensor
     actions: Tensor | None = None
     action_is_pad: Tensor | None = None
+    extra_groups: list[TokenGroup] = field(default_factory=list)   # branch tokens (before the state)
 
 
 class SmolVLAPolicy(nn.Module):
-    """LeRobot-compatible SmolVLA. The only child module is ``model`` (a :class:`VLAFlowMatching`),
-    so ``state_dict()`` keys are exactly those of a LeRobot ``model.safetensors``."""
+    """LeRobot-compatible SmolVLA. Child modules: ``model`` (a :class:`VLAFlowMatching`) and
+    ``branches`` (a :class:`PolicyBranches`, empty when no branch has parameters), so with the
+    branches off ``state_dict()`` keys are exactly those of a LeRobot ``model.safetensors``."""
 
     name = "smolvla"
 
     def __init__(self, config: SmolVLAConfig, vlm_path: str | Path | None = None,
                  dataset_stats: Mapping[str, Mapping[str, Any]] | None = None, tokenizer: Any = None, *,
+                 branches: BranchesConfig | Mapping[str, Any] | None = None,
                  _processors: ProcessorSpec | None = None, _empty: bool = False, _defer_stats: bool = False):
         """A fresh policy (random expert/heads; the VLM random too unless ``load_vlm_weights``).
 
         ``dataset_stats`` ``{feature: {stat: array}}`` are required for every feature whose type is
         normalised (STATE / ACTION: MEAN_STD by default).
+        ``branches``: a branch spec (dict or :class:`BranchesConfig`); the features they read must be
+        in ``config.input_features`` (see ``branch_input_features``). Branch weights are drawn after
+        the model's, so the model is initialised as without branches for the same seed.
         """
         super().__init__()
         self.config = config
@@ -130,6 +144,7 @@ class SmolVLAPolicy(nn.Module):
                 vlm = SmolVLMForConditionalGeneration.from_pretrained(
                     str(self.vlm_dir), dtype=torch.bfloat16, local_files_only=True)
             self.model = VLAFlowMatching(config, vlm_config, special_ids, vlm=vlm)
+        self._init_branches(branches, meta=_empty)
         self.normalizer = self.unnormalizer = None
         self.eps = proc.eps
         if not _defer_stats:
@@ -140,16 +155,18 @@ class SmolVLAPolicy(nn.Module):
     @classmethod
     def from_config(cls, config: SmolVLAConfig | None = None, *, vlm_path: str | Path | None = None,
                     dataset_stats: Mapping[str, Mapping[str, Any]] | None = None, tokenizer: Any = None,
+                    branches: BranchesConfig | Mapping[str, Any] | None = None,
                     **overrides: Any) -> "SmolVLAPolicy":
         """A fresh random policy; ``overrides`` are SmolVLAConfig fields (applied to ``config``)."""
         config = (config or SmolVLAConfig()).replace(**overrides) if overrides else (config or SmolVLAConfig())
-        return cls(config, vlm_path=vlm_path, dataset_stats=dataset_stats, tokenizer=tokenizer)
+        return cls(config, vlm_path=vlm_path, dataset_stats=dataset_stats, tokenizer=tokenizer, branches=branches)
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, vlm_path: str | Path | None = None, *,
                         dataset_stats: Mapping[str, Mapping[str, Any]] | None = None, tokenizer: Any = None,
                         dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
-                        config_overrides: Mapping[str, Any] | None = None) -> "SmolVLAPolicy":
+                        config_overrides: Mapping[str, Any] | None = None,
+                        branches: BranchesConfig | Mapping[str, Any] | None = None) -> "SmolVLAPolicy":
         """Load a LeRobot SmolVLA checkpoint directory strictly.
 
         Every tensor of ``model.safetensors`` must be a parameter of the model built from
@@ -162,7 +179,14 @@ class SmolVLAPolicy(nn.Module):
         it (from the VLM config's dtypes: with SmolVLM2's config the text decoder and expert are
         bf16, the vision tower, connector, lm_head, heads and cross-attention k/v fp32).
         ``dataset_stats`` replaces the checkpoint's normalisation stats (as LeRobot's processor
-        overrides do). The policy is returned in eval mode.
+        overrides do). ``config_overrides`` that change the features (or the normalisation mapping)
+        also decide what is normalised, in place of the processor JSONs. The policy is returned in
+        eval mode.
+
+        The branches are those of ``branches.json`` when the directory has one (their weights are
+        then part of the strict check); without it the checkpoint is a plain SmolVLA. ``branches``
+        given for a plain checkpoint adds fresh, randomly initialised branches (fine-tuning a base
+        model with new sensors); given for a branch checkpoint it must equal its ``branches.json``.
         """
         root = Path(checkpoint_dir)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -172,7 +196,18 @@ class SmolVLAPolicy(nn.Module):
         if config_overrides:
             config = config.replace(**config_overrides)
         proc = read_processors(root)
-        policy = cls(config, vlm_path=vlm_path, dataset_stats=None, tokenizer=tokenizer,
+        if config_overrides and {"input_features", "output_features"} & set(config_overrides):
+            # New features are a new contract: normalise what the config lists (e.g. a branch's
+            # force), not what the checkpoint's processor JSONs listed.
+            proc.norm_features = proc.output_norm_features = None
+        if config_overrides and "normalization_mapping" in config_overrides:
+            proc.norm_map = None
+        saved = read_branches_file(root)
+        fresh = parse_branches(branches) if branches is not None and saved is None else None
+        if branches is not None and saved is not None and parse_branches(branches) != saved:
+            raise ValueError(f"{root / BRANCHES_FILE}: the checkpoint's branches {saved.to_dict()} differ from "
+                             f"the requested {parse_branches(branches).to_dict()}")
+        policy = cls(config, vlm_path=vlm_path, dataset_stats=None, tokenizer=tokenizer, branches=saved,
                      _processors=proc, _empty=True, _defer_stats=True)
         from safetensors.torch import load_file
 
@@ -185,6 +220,8 @@ class SmolVLAPolicy(nn.Module):
         elif isinstance(dtype, str):
             raise ValueError(f"dtype must be None, a torch dtype or 'lerobot', got {dtype!r}")
         policy._load_weights(root / WEIGHTS_FILE, weights)
+        if fresh is not None:
+            policy._init_branches(fresh)
         if legacy and not proc.input_stats:
             proc.input_stats = proc.output_stats = legacy
         policy._set_stats(dataset_stats, proc)
@@ -214,6 +251,14 @@ class SmolVLAPolicy(nn.Module):
             setattr(owner, attr, self._owner_param(source))
         self._materialize_meta_buffers()
         self.model.set_requires_grad()
+        self.branches.requires_grad_(True)      # new modules: trained whatever train_expert_only says
+
+    def _init_branches(self, branches: BranchesConfig | Mapping[str, Any] | None, meta: bool = False) -> None:
+        """Build ``self.branches`` (on the meta device when a checkpoint will assign the weights)."""
+        self.branch_config = parse_branches(branches)
+        width = self.model.vlm_with_expert.config.text_config.hidden_size
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            self.branches = PolicyBranches(self.branch_config, self.config, width)
 
     def _tied_aliases(self) -> dict[str, str]:
         """Parameter names that share one tensor with an earlier name -> that earlier name."""
@@ -264,11 +309,20 @@ class SmolVLAPolicy(nn.Module):
 
     # ----------------------------------------------------------------- saving
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write LeRobot's directory layout (0.4.4-readable); tensors keep their dtypes."""
+        """Write LeRobot's directory layout (0.4.4-readable); tensors keep their dtypes.
+
+        With a branch on, also ``branches.json`` (branch weights are ``branches.*`` in
+        ``model.safetensors``); other files in ``directory`` are left alone.
+        """
         stats = self.normalizer.flat_stats()
         for key, value in self.unnormalizer.flat_stats().items():
             stats.setdefault(key, value)
-        return write_checkpoint(directory, self.config, self.state_dict(), stats, eps=self.eps)
+        root = write_checkpoint(directory, self.config, self.state_dict(), stats, eps=self.eps)
+        if self.branch_config.any_on:
+            write_branches_file(root, self.branch_config)
+        else:
+            (root / BRANCHES_FILE).unlink(missing_ok=True)   # a stale sidecar would add branches on load
+        return root
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -281,9 +335,10 @@ class SmolVLAPolicy(nn.Module):
 
     def prepare_inputs(self, batch: Mapping[str, Any]) -> PreparedInputs:
         """Tokenise, normalise, resize/pad images and pad state/actions (LeRobot's preprocessor
-        followed by SmolVLAPolicy.prepare_*)."""
+        followed by SmolVLAPolicy.prepare_*), applying the branches (see PolicyBranches)."""
         device = self.device
         batch = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+        batch = self.branches.before_normalization(batch)
         if LANG_TOKENS in batch:
             lang_tokens = batch[LANG_TOKENS]
             lang_masks = batch.get(LANG_MASK, torch.ones_like(lang_tokens, dtype=torch.bool)).bool()
@@ -299,9 +354,10 @@ class SmolVLAPolicy(nn.Module):
                 batch[ACTION] = aloha.encode_actions_inv(batch[ACTION])
         images, img_masks = prepare_images(batch, list(self.config.image_features),
                                            self.config.resize_imgs_with_padding, self.config.empty_cameras)
-        state = prepare_state(batch[STATE], self.config.max_state_dim)
+        state = prepare_state(self.branches.extend_state(batch[STATE], batch), self.config.max_state_dim)
         actions = pad_last_dim(batch[ACTION], self.config.max_action_dim) if ACTION in batch else None
-        return PreparedInputs(images, img_masks, lang_tokens, lang_masks, state, actions, batch.get(ACTION_IS_PAD))
+        return PreparedInputs(images, img_masks, lang_tokens, lang_masks, state, actions, batch.get(ACTION_IS_PAD),
+                              self.branches.token_groups(batch))
 
     # ---------------------------------------------------------------- training
     def flow_terms(self, batch: Mapping[str, Any], noise: Tensor | None = None, time: Tensor | None = None,
@@ -310,7 +366,7 @@ class SmolVLAPolicy(nn.Module):
         if inp.actions is None:
             raise KeyError("training needs 'action' in the batch")
         terms = self.model.flow_terms(inp.images, inp.img_masks, inp.lang_tokens, inp.lang_masks, inp.state,
-                                      inp.actions, noise, time, extra_groups)
+                                      inp.actions, noise, time, [*inp.extra_groups, *extra_groups])
         return inp, terms
 
     def compute_loss(self, batch: Mapping[str, Any], noise: Tensor | None = None, time: Tensor | None = None,
@@ -358,7 +414,7 @@ class SmolVLAPolicy(nn.Module):
         inp = self.prepare_inputs(_batched(batch))
         actions = self.model.sample_actions(inp.images, inp.img_masks, inp.lang_tokens, inp.lang_masks, inp.state,
                                             noise=None if noise is None else noise.to(self.device),
-                                            use_cache=use_cache)
+                                            use_cache=use_cache, extra_groups=inp.extra_groups)
         actions = actions[:, :, : self.action_dim]
         if self.config.adapt_to_pi_aloha:
             actions = aloha.encode_actions(actions)
