@@ -14,7 +14,7 @@ from rlbench_sms.policy.smolvla import SmolVLAPolicy
 from rlbench_sms.training.export import SIDECAR_FILE, read_export_info
 from rlbench_sms.training.plan import ConfigError, plan_training
 from rlbench_sms.training.run import RUN_FILE, train
-from train_helpers import compose_train, run_train_script, sweep_overrides, small_run_overrides
+from train_helpers import REPO, compose_train, run_train_script, sweep_overrides, small_run_overrides
 
 PRESETS = ["rgb", "rgb+depth", "rgb+force", "rgb+depth+force", "rgb+tip", "rgb+depth+tip", "rgb+depth+force+tip"]
 
@@ -150,7 +150,7 @@ def test_resume_continues_at_the_same_step_with_the_same_data(small_sample, mode
 
 
 # ------------------------------------------------------------------ sweeps and DDP
-def test_multirun_sweep_with_a_failed_run_writes_a_summary(small_sample, models, tmp_path):
+def test_multirun_sweep_with_a_failed_run_writes_a_summary(small_sample, models, tmp_path, monkeypatch):
     sweep = tmp_path / "sweep"
     args = ["-m", "experiment=demo", *sweep_overrides(small_sample, models), "modality=rgb,rgb+force",
             "seed=0,1", f"hydra.sweep.dir={sweep}"]
@@ -168,6 +168,18 @@ def test_multirun_sweep_with_a_failed_run_writes_a_summary(small_sample, models,
     summary = (sweep / "summary.md").read_text()
     assert "rgb+force" in summary and "±" in summary and "learning rate" in summary.lower()
     assert (sweep / "summary.csv").is_file() and (sweep / "summary.png").stat().st_size > 1000
+    # The ablation notebook reads this real sweep too.
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO / "notebooks" / "ablation_report.ipynb", as_version=4)
+    for key, value in {"SWEEP_DIR": sweep, "OUTPUT_DIR": tmp_path / "report", "MPLBACKEND": "Agg"}.items():
+        monkeypatch.setenv(key, str(value))
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    text = "".join(str(o.get("text", "")) + "".join(str(v) for v in o.get("data", {}).values())
+                   for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "rgb+force" in text and "±" in text
 
 
 def test_optuna_sweep_returns_the_metric(small_sample, models, tmp_path):
