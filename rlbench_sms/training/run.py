@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 import traceback
@@ -28,16 +29,16 @@ EXIT_CONFIG = 2
 EXIT_FAILED = 1
 
 
-def _hydra_runtime() -> tuple[list[str], bool]:
-    """(the overrides of this job, whether it is part of a multirun)."""
+def _hydra_runtime() -> tuple[list[str], bool, str]:
+    """(the overrides of this job, whether it is part of a multirun, the launcher's target)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
-        return list(hc.overrides.task), hc.mode == RunMode.MULTIRUN
-    except Exception:   # not launched through Hydra (tests calling train() with a composed config)
-        return [], False
+        return list(hc.overrides.task), hc.mode == RunMode.MULTIRUN, str(hc.launcher.get("_target_", ""))
+    except ValueError:   # not launched through Hydra (tests calling train() with a composed config)
+        return [], False, ""
 
 
 def _is_rank_zero() -> bool:
@@ -114,7 +115,7 @@ def train(cfg: DictConfig) -> float:
     Raises :class:`ConfigError` / :class:`DatasetError` (one line) in a single run; in a multirun
     every failure is recorded in ``run.json`` and NaN is returned so the sweep continues.
     """
-    overrides, multirun = _hydra_runtime()
+    overrides, multirun, launcher = _hydra_runtime()
     run_dir = Path(cfg.run_dir)
     record: dict[str, Any] = {
         "status": "running", "overrides": overrides, "modality": OmegaConf.select(cfg, "dataset.modality"),
@@ -124,7 +125,7 @@ def train(cfg: DictConfig) -> float:
     rank_zero = _is_rank_zero()
     try:
         if multirun and OmegaConf.select(cfg, "trainer.strategy") in ("ddp", "fsdp") and \
-                OmegaConf.select(cfg, "hydra.launcher._target_", default="").endswith("BasicLauncher"):
+                launcher.endswith("BasicLauncher"):
             raise ConfigError("trainer.strategy: a local `-m` sweep with DDP/FSDP relaunches the whole sweep on "
                               "every rank; sweep with one process per run or use hydra/launcher=submitit_slurm")
         plan = plan_training(cfg)
@@ -186,7 +187,7 @@ def main(cfg: DictConfig) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except Exception as e:
-        if OmegaConf.select(cfg, "debug") is not None or "HYDRA_FULL_ERROR" in __import__("os").environ:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"training failed: {_one_line(e)} (full traceback: HYDRA_FULL_ERROR=1)", file=sys.stderr)
         return EXIT_FAILED
@@ -196,7 +197,7 @@ def main(cfg: DictConfig) -> int:
 def entry(cfg: DictConfig) -> float | None:
     """What ``train.py`` calls: in a multirun return the metric to the sweeper (failures are
     recorded, not raised); in a single run exit non-zero on failure."""
-    _, multirun = _hydra_runtime()
+    _, multirun, _ = _hydra_runtime()
     if multirun:
         return train(cfg)
     code = main(cfg)
