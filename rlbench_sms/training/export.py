@@ -4,7 +4,8 @@
 model.safetensors, processor JSONs with the normalisation stats; ``branches.json`` when a sensor
 branch is on) plus ``rlbench_sms.json``: the modality, the feature contract (the dataset features
 the policy reads, with shapes, names and units), the dataset and the training step and metrics.
-``SmolVLAPolicy.from_pretrained(dir)`` and ``evaluate.py`` need nothing else.
+Loading it with ``SmolVLAPolicy.from_pretrained`` (offline, like every load here) or ``evaluate.py``
+needs nothing else.
 
 A directory is written next to its final name and renamed into place, so an interrupted export
 never leaves a half-written policy where the previous one was.
