@@ -4,11 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+SYSDEPS_STAMP := $(VENV)/.system-deps
 TORCH_VERSION ?= 2.13.0
 SAMPLE := data/sample
 
-.PHONY: install demo test test-slow bench clean-sample
-install: $(STAMP)
+.PHONY: install system-deps demo test test-slow bench clean-sample
+install: $(STAMP) $(SYSDEPS_STAMP)
 
 # torch first, pinned: it takes the machine's local CPU wheel (or the CUDA build on a GPU box);
 # the project declares only a range 2.13.0 satisfies, so nothing later pulls a second torch
@@ -19,6 +20,17 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
 	$(PIP) install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+# System libraries the wheels load (libusb for pyrealsense2, Mesa EGL for headless MuJoCo):
+# apt-get installs the missing ones when root, else one line says which to install. Checked once
+# (the stamp); `sudo make system-deps` checks and installs again.
+$(SYSDEPS_STAMP): scripts/system_deps.sh | $(STAMP)
+	bash scripts/system_deps.sh
+	touch $(SYSDEPS_STAMP)
+
+system-deps: | $(STAMP)
+	bash scripts/system_deps.sh
+	touch $(SYSDEPS_STAMP)
 
 # The main job: build + validate the sample, then train the tiny SmolVLA on it (rgb+depth+force).
 demo: install

@@ -11,6 +11,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # One compute thread per test process: `make test` runs two xdist workers on two cores, and torch's
 # spinning worker threads slow everything down many times over when they oversubscribe the cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Tests are headless: on Linux MuJoCo renders offscreen through EGL (Mesa's, see `make install`).
+if sys.platform.startswith("linux"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from dataset_factory import make_dataset  # noqa: E402

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from optional_deps import import_or_skip_native
 from rlbench_sms.features import depth_key, image_key, rgb_feature
 from rlbench_sms.hardware.contracts import DeviceNotConnectedError, HardwareError
 from rlbench_sms.hardware.opencv_camera import OpenCVCamera, OpenCVCameraConfig
@@ -113,7 +114,7 @@ def test_opencv_warmup_fails_on_a_camera_that_never_streams():
 
 
 def test_opencv_videocapture_on_a_file(tmp_path):
-    cv2 = pytest.importorskip("cv2")
+    cv2 = import_or_skip_native("cv2")
     path = str(tmp_path / "clip.avi")
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 30, (W, H))
     assert writer.isOpened()
@@ -140,7 +141,8 @@ def test_opencv_videocapture_on_a_file(tmp_path):
 # -- RealSense, software device ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def rs():
-    return pytest.importorskip("pyrealsense2", reason="pyrealsense2 (and libusb-1.0) needed")
+    # Installed is not enough: on Linux pyrealsense2 loads only where libusb-1.0 is present.
+    return import_or_skip_native("pyrealsense2")
 
 
 def software_camera(depth_units_m: float = 0.001, **cfg):

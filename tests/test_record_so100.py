@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from optional_deps import import_or_skip_native
 from rlbench_sms.data.metadata import DatasetMeta
 from rlbench_sms.data.validate import validate
 from rlbench_sms.hardware.calibration import MotorCalibration, save_calibration
-from rlbench_sms.hardware.sim.feetech_bus import FeetechBusSimulator
+from rlbench_sms.hardware.sim.feetech_bus import INST_SYNC_WRITE, FeetechBusSimulator
 from rlbench_sms.hardware.so100 import MOTOR_IDS
 
 REPO = Path(__file__).parent.parent
@@ -50,21 +51,44 @@ def test_record_with_so100_arms_on_simulated_buses(tmp_path, arms):
     assert abs(follower.register(MOTOR_IDS["elbow_flex"], "Goal_Position") - 2500) <= 1
 
 
+def wait_until(condition, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` if ``proc`` exits first or the
+    timeout passes (generous: on a loaded machine record.py's start-up alone takes many seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"record.py exited ({proc.returncode}) before {what}:\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout_s} s")
+        time.sleep(0.05)
+
+
 def test_lost_bus_saves_the_episode_and_exits_nonzero(tmp_path, arms):
     follower, leader = arms
+    ticks_before_loss = 10
     proc = subprocess.Popen(record_cmd(tmp_path, follower.port, leader.port, 30), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "ds/meta/info.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.5)                        # some frames of episode 1
-    follower.go_silent()
-    out, err = proc.communicate(timeout=60)
+    try:
+        # The dataset is created once every device is connected (the arm's set-up writes are done);
+        # from then on each control tick sends the follower one SYNC_WRITE of Goal_Position and
+        # then stores its frame, so counting those writes counts recorded frames, at any load.
+        wait_until(lambda: (tmp_path / "ds/meta/info.json").exists(), proc, 240, "dataset")
+        ticked = follower.instruction_counts[INST_SYNC_WRITE] + ticks_before_loss
+        wait_until(lambda: follower.wait_for_packets(ticked, 0.5, INST_SYNC_WRITE), proc, 120,
+                   f"{ticks_before_loss} control ticks")
+        follower.go_silent()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 1, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error:") and follower.port in last
     meta = DatasetMeta.load(tmp_path / "ds")
-    assert meta.info["total_episodes"] == 1 and meta.episodes[0].length > 5
+    # The frames of the ticks before the loss are kept (the tick in flight may be lost).
+    assert meta.info["total_episodes"] == 1 and meta.episodes[0].length >= ticks_before_loss - 1
     validate(tmp_path / "ds")
     assert follower.register(MOTOR_IDS["shoulder_pan"], "Torque_Enable") == 0   # torque off after the loss
 
@@ -73,7 +97,7 @@ def test_full_rig_so100_realsense_serial_force(tmp_path, arms):
     """The README's main recording command, with every device on its wire-protocol simulator:
     two SO-100 arms on pty servo buses, a RealSense software device (depth units 0.1 mm, as a
     D405) and a serial force sensor on a pty."""
-    pytest.importorskip("pyrealsense2", reason="pyrealsense2 (and libusb-1.0) needed")
+    import_or_skip_native("pyrealsense2")
     import numpy as np
 
     from rlbench_sms.data.reader import DatasetReader
