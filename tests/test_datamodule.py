@@ -6,8 +6,8 @@ import torch
 
 import dataset_factory as f
 from rlbench_sms.data import reader as reader_module
-from rlbench_sms.data.datamodule import (FrameDataModule, FrameDataset, frames_to_float,
-                                         modality_keys, split_episodes)
+from rlbench_sms.data.convert import ModelInputError, to_model_input
+from rlbench_sms.data.datamodule import FrameDataModule, FrameDataset, modality_keys, split_episodes
 from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.data.metadata import DatasetMeta
 from rlbench_sms.features import ACTION, FORCE, STATE, depth_key, image_key
@@ -61,12 +61,23 @@ def test_item_dtypes_and_float_conversion(tiny_dataset):
     np.testing.assert_array_equal(item[depth_key("front")][0].numpy(), f.depth(0, 5))
     assert item[STATE].dtype == torch.float32
     batch = torch.utils.data.default_collate([ds[0], ds[1]])
-    out = frames_to_float(batch)
+    out = to_model_input(batch)
     img, dep = out[image_key("front")], out[depth_key("front")]
     assert img.dtype == torch.float32 and 0.0 <= float(img.min()) and float(img.max()) <= 1.0
     assert dep.dtype == torch.float32
     np.testing.assert_allclose(dep[1, 0].numpy(), f.depth(0, 1) / 1000.0, rtol=1e-6)
     assert float(dep[0, 0, 0, 0]) == 0.0    # invalid stays 0
+
+
+def test_device_side_conversion_is_the_policys_and_refuses_bad_frames(tiny_dataset):
+    # The hook is the shared to_model_input: a frame the policy would refuse is refused here too.
+    dm = FrameDataModule(tiny_dataset, keys(tiny_dataset, "rgb"), chunk_size=2, num_workers=0)
+    bad = {image_key("front"): torch.zeros(2, 3, f.H, f.W, dtype=torch.int32), STATE: torch.zeros(2, 6)}
+    with pytest.raises(ModelInputError, match=r"^observation\.images\.front: int32 image"):
+        dm.on_after_batch_transfer(bad, 0)
+    mm = {depth_key("front"): torch.full((2, 1, f.H, f.W), 800.0), STATE: torch.zeros(2, 6)}
+    with pytest.raises(ModelInputError, match="millimetres as float"):
+        dm.on_after_batch_transfer(mm, 0)
 
 
 def test_rgb_modality_never_opens_depth_or_reads_force(tiny_dataset, monkeypatch):

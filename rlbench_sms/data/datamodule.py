@@ -7,8 +7,11 @@ Each item is one frame with LeRobot-style ``delta_timestamps`` already applied:
 - ``observation.force`` (W, C) float32 with ``observation.force_is_pad`` (W,) when a force history
   of ``force_window`` > 1 steps is asked for (oldest first, clamped at the episode start), else (C,);
 - cameras as uint8 (3, H, W) and depth as uint16 (1, H, W) millimetres: compact between worker
-  processes; :meth:`FrameDataModule.on_after_batch_transfer` turns them into float32 [0, 1] images
-  and float32 metres (0 = invalid) on the training device;
+  processes and over the bus. The loaders yield them so; on the training device
+  :meth:`FrameDataModule.on_after_batch_transfer` (called by the Lightning Trainer) turns them into
+  float32 [0, 1] images and float32 metres (0 = invalid) with
+  :func:`rlbench_sms.data.convert.to_model_input`, the function the policy also applies to
+  whatever it is given (so a raw item predicts the same actions as a converted one);
 - ``observation.state`` and other vectors float32, ``task`` str, and the bookkeeping indices.
 
 Only the features asked for are read: unused parquet columns are never loaded and unused videos
@@ -28,13 +31,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from rlbench_sms.data.convert import to_model_input
 from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.data.metadata import DatasetMeta
 from rlbench_sms.data.reader import DEFAULT_TOLERANCE_S, DatasetReader
 from rlbench_sms.data.sampler import StepSampler
 from rlbench_sms.features import (ACTION, EPISODE_INDEX, FORCE, FRAME_INDEX, INDEX, STATE,
-                                  TASK_INDEX, TIMESTAMP, TIP_POSITION, TIP_VALID, is_camera_key,
-                                  is_depth_key)
+                                  TASK_INDEX, TIMESTAMP, TIP_POSITION, TIP_VALID, is_depth_key)
 
 PAD_SUFFIX = "_is_pad"
 MODALITY_PARTS = ("rgb", "depth", "force", "tip")
@@ -157,18 +160,6 @@ class FrameDataset(Dataset):
         return state
 
 
-def frames_to_float(batch: dict[str, Any]) -> dict[str, Any]:
-    """uint8 images -> float32 [0, 1]; uint16 depth (mm) -> float32 metres (0 stays 0 = invalid)."""
-    for key, value in batch.items():
-        if not (is_camera_key(key) and isinstance(value, torch.Tensor)):
-            continue
-        if value.dtype == torch.uint8:
-            batch[key] = value.to(torch.float32) / 255.0
-        elif value.dtype == torch.uint16:
-            batch[key] = value.to(torch.float32) * 1e-3   # millimetres -> metres
-    return batch
-
-
 def split_episodes(episodes: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Episode-level split: whole episodes go to train or val, chosen by a seeded shuffle."""
     episodes = sorted(int(e) for e in episodes)
@@ -285,4 +276,5 @@ class FrameDataModule(pl.LightningDataModule):
                             shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return frames_to_float(batch)
+        """uint8 images / uint16 depth -> float32 on the training device (the policy's conversion)."""
+        return to_model_input(batch)

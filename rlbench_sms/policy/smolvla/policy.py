@@ -22,10 +22,15 @@ Tensors keep their file dtypes (bf16 backbone, fp32 heads); ``dtype="lerobot"`` 
 the dtypes LeRobot's own loader ends up with (it copies the file into a model built from the VLM
 config, which upcasts smolvla_base's bf16 vision tower and connector to fp32).
 
-Batches are LeRobot-style dicts in robot units: ``observation.images.<cam>`` float (B, 3, H, W) in
-[0, 1], ``observation.state`` (B, S), ``task`` list[str] (or pre-tokenised
+Batches are LeRobot-style dicts in robot units: ``observation.images.<cam>`` (B, 3, H, W) uint8 or
+float in [0, 1], ``observation.state`` (B, S), ``task`` list[str] (or pre-tokenised
 ``observation.language.tokens`` / ``.attention_mask``), and for training ``action`` (B, T, A) with
-``action_is_pad`` (B, T). Normalisation with the checkpoint's stats happens inside.
+``action_is_pad`` (B, T); depth (B, 1, H, W) as uint16 millimetres or float metres. A single
+observation (state (S,), images (3, H, W), task str) is a batch of one. Every entry point converts
+its input with ``rlbench_sms.data.convert.to_model_input`` (the DataModule's conversion too), so a
+raw dataset item, a converted batch and a device observation give the same actions, and a wrong
+dtype / range / layout is a one-line ``ModelInputError``. Normalisation with the checkpoint's stats
+happens inside.
 
 Sensor branches (``branches=``, see ``rlbench_sms.policy.branches``) read depth, force and tip keys
 from the same batch. With every branch off the policy is exactly LeRobot's SmolVLA; with one on,
@@ -43,6 +48,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from rlbench_sms.data.convert import to_model_input
 
 from ..branches.config import (BRANCHES_FILE, BranchesConfig, parse_branches, read_branches_file,
                                write_branches_file)
@@ -334,10 +341,13 @@ class SmolVLAPolicy(nn.Module):
         return self.config.action_dim
 
     def prepare_inputs(self, batch: Mapping[str, Any]) -> PreparedInputs:
-        """Tokenise, normalise, resize/pad images and pad state/actions (LeRobot's preprocessor
-        followed by SmolVLAPolicy.prepare_*), applying the branches (see PolicyBranches)."""
+        """Convert stored dtypes (:func:`to_model_input`), tokenise, normalise, resize/pad images and
+        pad state/actions (LeRobot's preprocessor followed by SmolVLAPolicy.prepare_*), applying the
+        branches (see PolicyBranches)."""
         device = self.device
-        batch = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+        # Stored / device dtypes (uint8 images, uint16 mm depth) are converted on the model's device
+        # by the same function as the DataModule's; a wrong dtype, range or layout is refused here.
+        batch = to_model_input(batch, device=device)
         batch = self.branches.before_normalization(batch)
         if LANG_TOKENS in batch:
             lang_tokens = batch[LANG_TOKENS]
@@ -411,7 +421,7 @@ class SmolVLAPolicy(nn.Module):
         """(B, chunk_size, action_dim) actions in robot units (unnormalised with the checkpoint stats)."""
         self._check_rtc()
         self.eval()
-        inp = self.prepare_inputs(_batched(batch))
+        inp = self.prepare_inputs(batch)
         actions = self.model.sample_actions(inp.images, inp.img_masks, inp.lang_tokens, inp.lang_masks, inp.state,
                                             noise=None if noise is None else noise.to(self.device),
                                             use_cache=use_cache, extra_groups=inp.extra_groups)
@@ -436,19 +446,6 @@ class SmolVLAPolicy(nn.Module):
         rtc = self.config.rtc_config
         if rtc and rtc.get("enabled", False):
             raise NotImplementedError("Real-Time Chunking (rtc_config.enabled) is not implemented")
-
-
-def _batched(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """Add a batch axis to a single observation (state 1-D, images 3-D, task str)."""
-    batch = dict(batch)
-    state = batch.get(STATE)
-    if isinstance(state, Tensor) and state.ndim == 1:
-        for key, value in list(batch.items()):
-            if isinstance(value, Tensor):
-                batch[key] = value.unsqueeze(0)
-        if isinstance(batch.get("task"), str):
-            batch["task"] = [batch["task"]]
-    return batch
 
 
 __all__ = ["SmolVLAPolicy", "SmolVLAConfig", "PolicyFeature", "PreparedInputs", "resolve_vlm_dir"]
