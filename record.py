@@ -9,9 +9,10 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="conf", config_name="record", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from rlbench_sms.cli import run_checked
     from rlbench_sms.runtime.record_app import record
 
-    code = record(cfg)
+    code = run_checked(lambda: record(cfg), cfg, "recording failed")
     if code:
         sys.exit(code)   # Hydra drops return values; a failed recording must exit non-zero
 

@@ -9,6 +9,9 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from rlbench_sms.cli import exit_if_missing
+
+    exit_if_missing(cfg)        # a missing setting is named in a second, before torch loads
     from rlbench_sms.training.run import entry
 
     return entry(cfg)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rlbench_sms.cli import doc_description
 from rlbench_sms.data.reader import DatasetReader
 from rlbench_sms.data.video import (DepthEncoderConfig, VideoEncoder, VideoEncoderConfig,
                                     frame_times)
@@ -45,7 +46,7 @@ def encoder_speed(camera: MockCamera, config, depth: bool, frames: int = 90) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=doc_description(__doc__))
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--episodes", type=int, default=2)
     parser.add_argument("--fps", type=int, default=30)

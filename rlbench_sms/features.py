@@ -13,6 +13,16 @@ so that datasets we write load in LeRobot and theirs load here.
 | ``observation.force``                | float32 [C]          | N / N·m, tared per episode         |
 | ``observation.tip.position``         | float32 [3]          | metres, camera frame               |
 | ``observation.tip.valid``            | bool [1]             |                                    |
+| ``timing.capture_s``                 | float32 [1]          | s since the episode's first tick   |
+| ``timing.late``                      | bool [1]             | the tick started late              |
+| ``timing.<cam>_age_s``               | float32 [1]          | s, the frame's age at the tick     |
+| ``timing.<cam>_device_s``            | float32 [1]          | s, device capture time (RealSense) |
+| ``timing.force_age_s``               | float32 [1]          | s, the force reading's age         |
+
+The ``timing.*`` columns are the recorder's record of *when* each reading was taken (design rule
+6: every reading carries a monotonic capture timestamp). The per-reading ones (ages, device
+times) came later than the first recordings: :func:`is_reading_timing_key` names them, so that
+resuming a dataset recorded without them can go on without them.
 """
 
 from __future__ import annotations
@@ -42,6 +52,14 @@ SO100_JOINT_NAMES = tuple(f"{m}.pos" for m in SO100_MOTORS)
 # A 6-axis force/torque sensor: forces in newtons, torques in newton-metres, in the sensor frame.
 FORCE_TORQUE_NAMES = ("fx", "fy", "fz", "tx", "ty", "tz")
 TIP_POSITION_NAMES = ("x", "y", "z")
+
+# Recorder timing columns (see the table above and rlbench_sms.runtime.recorder).
+TIMING_PREFIX = "timing."
+CAPTURE_TIME = "timing.capture_s"   # the tick's joint reading, s since the episode's first tick
+LATE = "timing.late"                # the tick started more than late_threshold_s after its deadline
+FORCE_AGE = "timing.force_age_s"    # tick time minus the force reading's capture time, s
+AGE_SUFFIX = "_age_s"
+DEVICE_TIME_SUFFIX = "_device_s"
 
 VECTOR_DTYPES = ("float32", "float64", "int64", "int32", "bool")
 MEDIA_DTYPES = ("video", "image")
@@ -203,3 +221,38 @@ def default_frame_features() -> list[FeatureSpec]:
         FeatureSpec(INDEX, "int64", (1,), None),
         FeatureSpec(TASK_INDEX, "int64", (1,), None),
     ]
+
+
+def camera_age_key(camera: str) -> str:
+    """``timing.<camera>_age_s``: how old ``camera``'s frame was at the tick (tick time minus the
+    frame's host capture time, seconds; negative when the frame arrived after the joints were
+    read, i.e. the loop waited for a fresh frame)."""
+    return f"{TIMING_PREFIX}{camera}{AGE_SUFFIX}"
+
+
+def camera_device_time_key(camera: str) -> str:
+    """``timing.<camera>_device_s``: the driver's own capture time of ``camera``'s frame, mapped
+    onto the host monotonic clock, in seconds since the episode's first tick (the axis of
+    ``timing.capture_s``)."""
+    return f"{TIMING_PREFIX}{camera}{DEVICE_TIME_SUFFIX}"
+
+
+def is_reading_timing_key(key: str) -> bool:
+    """Whether ``key`` is a per-reading timing column (an age or a device time). Datasets recorded
+    before these columns existed lack them; a resumed recording then goes on without them."""
+    return key.startswith(TIMING_PREFIX) and key.endswith((AGE_SUFFIX, DEVICE_TIME_SUFFIX))
+
+
+def timing_features(camera_device_clocks: Mapping[str, bool], has_force: bool) -> list[FeatureSpec]:
+    """The recorder's timing columns: the tick's capture time and lateness, then per camera (in
+    order) its frame age and, where ``camera_device_clocks[name]`` is true, its device capture
+    time, then the force reading's age when a force sensor is recorded."""
+    features = [FeatureSpec(CAPTURE_TIME, "float32", (1,), None, unit="s"),
+                FeatureSpec(LATE, "bool", (1,), None)]
+    for name, has_device_clock in camera_device_clocks.items():
+        features.append(FeatureSpec(camera_age_key(name), "float32", (1,), None, unit="s"))
+        if has_device_clock:
+            features.append(FeatureSpec(camera_device_time_key(name), "float32", (1,), None, unit="s"))
+    if has_force:
+        features.append(FeatureSpec(FORCE_AGE, "float32", (1,), None, unit="s"))
+    return features

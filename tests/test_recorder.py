@@ -10,13 +10,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from rlbench_sms.cli import EXIT_CONFIG
 from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.data.metadata import DatasetMeta
 from rlbench_sms.data.reader import DatasetReader
 from rlbench_sms.data.validate import validate
 from rlbench_sms.data.video import DepthEncoderConfig, VideoEncoderConfig
 from rlbench_sms.data.writer import DatasetWriter
-from rlbench_sms.features import FORCE
+from rlbench_sms.features import FORCE, FORCE_AGE, camera_age_key, is_reading_timing_key
 from rlbench_sms.hardware.contracts import HardwareError
 from rlbench_sms.hardware.mock import (MockCamera, MockCameraConfig, MockForceSensor, MockRobot,
                                        MockTeleop)
@@ -50,12 +51,16 @@ def devices(stall_after=None):
     return MockRobot(), MockTeleop(), cams, MockForceSensor()
 
 
-def run(tmp_path, episodes=2, seconds=0.5, keys=(), robot=None, stall_after=None, root=None):
+FAST_VIDEO = VideoEncoderConfig(vcodec="h264", crf=23, preset="ultrafast")
+
+
+def run(tmp_path, episodes=2, seconds=0.5, keys=(), robot=None, stall_after=None, root=None,
+        writer=None):
     r, t, cams, force = devices(stall_after)
     robot = robot or r
     root = root or tmp_path / "ds"
-    writer = DatasetWriter.create(root, FPS, recording_features(robot, cams, force),
-                                  video_config=VideoEncoderConfig(vcodec="h264", crf=23, preset="ultrafast"))
+    writer = writer or DatasetWriter.create(root, FPS, recording_features(robot, cams, force),
+                                            video_config=FAST_VIDEO)
     config = RecordingConfig(single_task="wave", fps=FPS, num_episodes=episodes, episode_time_s=seconds,
                              reset_time_s=0.1, late_threshold_s=0.02)
     all_devices = [robot, t, force, *cams.values()]
@@ -77,12 +82,22 @@ def test_records_rows_timing_and_raw_force(tmp_path):
     meta = DatasetMeta.load(root)
     ep = meta.episodes[0]
     assert ep.extra["timing/ticks"] == 10 and ep.extra["timing/achieved_fps"] > 0
+    ages = [camera_age_key("front"), camera_age_key("wrist"), FORCE_AGE]
     with DatasetReader(root) as r:
-        cols = r.load_columns([CAPTURE_TIME, LATE, FORCE])
+        cols = r.load_columns([CAPTURE_TIME, LATE, FORCE, *ages])
+        assert all(r.meta.features[k].dtype == "float32" for k in ages)
     capture = cols[CAPTURE_TIME][:10]
     assert capture[0] < 0.05 and np.all(np.diff(capture) > 0)       # real, increasing times
     np.testing.assert_allclose(np.diff(capture).mean(), 1 / FPS, rtol=0.3)
     assert cols[LATE].dtype == bool
+    # A frame is reused only while younger than camera_max_age_s (0.1 s), and the joints are read
+    # before the cameras: every stored age is below it. The mock cameras stream at the loop's
+    # rate, so frames are mostly taken before the tick (positive ages).
+    for key in ages[:2]:
+        assert np.all(cols[key] < 0.1) and np.median(cols[key]) > 0
+    # The 200 Hz force reading is about one sample period old (5 ms; negative when a sample came
+    # due between the joint and the force reads), plus the loop's own delays.
+    assert np.all(np.abs(cols[FORCE_AGE]) < 0.05)
     raw = pq.read_table(root / "raw/observation.force/chunk-000/episode-000000.parquet")
     assert raw.num_rows > 10 * 3          # 200 Hz sensor, 20 Hz loop: the raw stream is kept
     assert raw.column_names == ["time_s", "fx", "fy", "fz", "tx", "ty", "tz"]
@@ -182,11 +197,50 @@ def test_record_cli_with_mocks(tmp_path):
     validate(root)
     again = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert again.returncode == 1 and "already exists" in again.stderr and "Traceback" not in again.stderr
-    resumed = subprocess.run(cmd + ["dataset.resume=true", "dataset.num_episodes=2"], capture_output=True,
+    # LeRobot's habit: on resume, num_episodes is how many *more* to record.
+    resumed = subprocess.run(cmd + ["dataset.resume=true"], capture_output=True,
                              text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert DatasetMeta.load(root).info["total_episodes"] == 2
+    assert f"1 episode(s) saved to {root} (2 in the dataset)" in resumed.stdout
     missing = subprocess.run([sys.executable, str(REPO / "record.py"), f"dataset.root={tmp_path / 'x'}",
                               f"paths.output_dir={tmp_path / 'out'}"], capture_output=True, text=True,
                              stdin=subprocess.DEVNULL, timeout=120)
-    assert missing.returncode == 1 and "dataset.single_task" in missing.stderr
+    assert missing.returncode == EXIT_CONFIG and "dataset.single_task" in missing.stderr
+
+
+def test_resume_records_num_episodes_more(tmp_path):
+    root, _ = run(tmp_path, episodes=1, seconds=0.2)
+    robot, _, cams, force = devices()
+    writer = open_dataset(root, FPS, recording_features(robot, cams, force), "mock", True, FAST_VIDEO,
+                          DepthEncoderConfig())
+    _, summary = run(tmp_path, episodes=2, seconds=0.2, root=root, writer=writer)
+    assert [e.index for e in summary.episodes] == [1, 2]
+    assert DatasetMeta.load(root).info["total_episodes"] == 3
+    validate(root)
+
+
+def test_resume_a_dataset_recorded_before_reading_ages(tmp_path, capsys):
+    """A dataset from before the per-reading timing columns resumes without them, and loads."""
+    robot, _, cams, force = devices()
+    old_schema = [f for f in recording_features(robot, cams, force) if not is_reading_timing_key(f.key)]
+    root = tmp_path / "old"
+    run(tmp_path, episodes=1, seconds=0.2, root=root,
+        writer=DatasetWriter.create(root, FPS, old_schema, video_config=FAST_VIDEO))
+    assert camera_age_key("front") not in DatasetMeta.load(root).features
+    capsys.readouterr()                 # the first recording's status lines
+    writer = open_dataset(root, FPS, recording_features(robot, cams, force), "mock", True, FAST_VIDEO,
+                          DepthEncoderConfig())
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "recorded without per-reading timing" in note[0]
+    assert camera_age_key("front") in note[0] and FORCE_AGE in note[0]
+    run(tmp_path, episodes=1, seconds=0.2, root=root, writer=writer)
+    validate(root)
+    meta = DatasetMeta.load(root)
+    assert meta.info["total_episodes"] == 2 and FORCE_AGE not in meta.features
+    with DatasetReader(root) as r:
+        assert len(r.load_columns([CAPTURE_TIME])[CAPTURE_TIME]) == meta.info["total_frames"]
+    # Another difference than the optional timing columns is still refused.
+    with pytest.raises(DatasetError, match="observation.force.*recorded in the dataset but no device"):
+        open_dataset(root, FPS, recording_features(robot, cams, None), "mock", True, FAST_VIDEO,
+                     DepthEncoderConfig())

@@ -237,10 +237,51 @@ def test_cli_module_entry_point(tmp_path):
 
 def test_callback_writes_summary(sweep):
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep), "subdir": "${hydra.job.override_dirname}"}}})
-    SweepSummaryCallback().on_multirun_end(config)
+    SweepSummaryCallback(fail_on_failed_runs=False).on_multirun_end(config)
     assert (sweep / "summary.md").is_file() and (sweep / "summary.png").is_file()
-    SweepSummaryCallback(group_by=["seed"]).on_multirun_end(config)
+    SweepSummaryCallback(group_by=["seed"], fail_on_failed_runs=False).on_multirun_end(config)
     assert "| seed |" in (sweep / "summary.md").read_text()
+
+
+def test_callback_exits_1_after_the_summary_when_runs_of_this_sweep_failed(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    # An earlier sweep into the same folder left a failed run behind: it is not this sweep's.
+    write_run(sweep, ["modality=rgb", "seed=9"], {"status": "failed", "error": "ValueError: old"})
+    callback = SweepSummaryCallback()
+    callback.on_multirun_start(config)
+    write_run(sweep, ["modality=rgb", "seed=0"], {"status": "completed", "metrics": {"val/loss": 1.0}})
+    callback.on_multirun_end(config)   # only completed runs started: no exit
+    assert "2 runs: 1 completed, 1 failed" in (sweep / "summary.md").read_text()
+    capsys.readouterr()
+    callback = SweepSummaryCallback()
+    callback.on_multirun_start(config)
+    write_run(sweep, ["modality=rgb", "seed=1"], {"status": "failed", "error": "RuntimeError: boom"})
+    write_run(sweep, ["modality=rgb", "seed=2"], None)   # killed: no run.json
+    with pytest.raises(SystemExit) as stop:
+        callback.on_multirun_end(config)
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"sweep: 2 of 2 runs failed; summary: {sweep / 'summary.md'}"]
+    assert "boom" in (sweep / "summary.md").read_text()   # written before the exit
+    callback = SweepSummaryCallback(fail_on_failed_runs=False)
+    callback.on_multirun_end(config)
+
+
+def test_callback_exits_1_when_runs_failed_and_the_summary_did_not_write(tmp_path, capsys, monkeypatch):
+    import rlbench_sms.training.sweep_summary as sweep_summary
+
+    sweep = tmp_path / "sweep"
+    write_run(sweep, ["seed=0"], {"status": "failed", "error": "RuntimeError: boom"})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("summary bug")
+
+    monkeypatch.setattr(sweep_summary, "write_summary", broken)
+    with pytest.raises(SystemExit):
+        SweepSummaryCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("sweep: 1 of 1 runs failed; the summary could not be written") and str(sweep) in line
 
 
 def test_callback_never_raises(tmp_path, caplog):

@@ -4,6 +4,7 @@ import numpy as np
 from PIL import Image
 
 import dataset_factory as f
+from optional_deps import import_or_skip_native
 from rlbench_sms.features import ACTION, FORCE, STATE, depth_key
 from rlbench_sms.hardware.mock import MockRobot, MockTeleop
 from rlbench_sms.runtime.display import RerunDisplay
@@ -59,13 +60,12 @@ def test_teleoperate_runs_for_its_duration():
 
 
 def test_rerun_display_logs_frames(tmp_path):
+    rr = import_or_skip_native("rerun")
     rrd = tmp_path / "live.rrd"
     display = RerunDisplay("me/pick", save_path=str(rrd))
     for i in range(3):
         display({STATE: f.state(0, i), ACTION: f.action(0, i), FORCE: f.force(0, i),
                  "observation.images.front": f.rgb(0, i, "front"), depth_key("front"): f.depth(0, i)})
-    import rerun as rr
-
     rr.disconnect()
     assert rrd.stat().st_size > 1000
 
@@ -79,5 +79,49 @@ def test_calibrate_takes_the_record_configs():
         "--calibration-dir", "/tmp/cal"]
     assert "--role" in (flags := overrides_to_flags(["teleop=so100_leader", "teleop.config.port=/dev/x"]))
     assert flags[flags.index("--role") + 1] == "leader"
-    assert main(["robot=so100"]) == 1                     # no port: one line, no traceback
-    assert main(["robot=so100", "teleop=so100_leader"]) == 1
+    assert main(["robot=so100"]) == 2                     # no port: one line, no traceback
+    assert main(["robot=so100", "teleop=so100_leader"]) == 2
+
+
+def test_visualize_without_a_viewer_says_what_to_do(tiny_dataset, monkeypatch, capsys):
+    import socket
+    import sys
+    import time
+
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("DISPLAY decides only on X11/Wayland")
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "WAYLAND_SOCKET"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]                         # nothing listens on it
+    t0 = time.monotonic()
+    assert visualize.main([str(tiny_dataset), "--episode", "0", "--port", str(port)]) == 1
+    assert time.monotonic() - t0 < 2.0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no screen" in err and "--rrd out.rrd" in err and "rerun out.rrd" in err
+    assert "--png" in err
+
+
+def test_find_ports_without_a_terminal_says_so(capsys):
+    import io
+    import subprocess
+    import sys
+
+    from rlbench_sms.tools import find_ports
+    from rlbench_sms.tools.find_ports import PortInfo
+
+    out = subprocess.run([sys.executable, "-m", "rlbench_sms.tools.find_ports"], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stdout == ""          # no prompt nobody can answer
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs a terminal" in lines[0] and "Serial ports now:" in lines[0]
+    assert "--list" in lines[0]
+    # Input that ends at the prompt (Ctrl-D): the same line, naming the ports it saw.
+    said = io.StringIO()
+    ports = [PortInfo("/dev/ttyACM0", "arm"), PortInfo("/dev/ttyUSB1")]
+    assert find_ports.main([], stdin=io.StringIO(""), stdout=said, lister=lambda: ports) == 1
+    err = capsys.readouterr().err
+    assert "the input ended" in err and "/dev/ttyACM0, /dev/ttyUSB1" in err and "\n" not in err.strip()

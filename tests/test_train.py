@@ -160,7 +160,10 @@ def test_multirun_sweep_with_a_failed_run_writes_a_summary(small_sample, models,
     bad = run_train_script(["-m", "experiment=demo", *sweep_overrides(small_sample, models),
                             "modality=rgb", "seed=2", "policy.optimizer.lr=-1", f"hydra.sweep.dir={sweep}"],
                            tmp_path)
-    assert bad.returncode == 0, bad.stderr[-2000:]
+    # The failed job makes the sweep exit 1 with one line, after the summary; the 4 runs already in
+    # the folder from the first sweep are summarised but do not count for this sweep's status.
+    assert bad.returncode == 1, bad.stderr[-2000:]
+    assert bad.stderr.strip().splitlines()[-1] == f"sweep: 1 of 1 runs failed; summary: {sweep / 'summary.md'}"
     runs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert "modality=rgb+force,seed=1" in runs and "modality=rgb,policy.optimizer.lr=-1,seed=2" in runs
     failed = json.loads((sweep / "modality=rgb,policy.optimizer.lr=-1,seed=2" / RUN_FILE).read_text())
@@ -180,6 +183,24 @@ def test_multirun_sweep_with_a_failed_run_writes_a_summary(small_sample, models,
     text = "".join(str(o.get("text", "")) + "".join(str(v) for v in o.get("data", {}).values())
                    for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "rgb+force" in text and "±" in text
+
+
+def test_joblib_sweep_runs_jobs_with_dataloader_workers(small_sample, models, tmp_path):
+    # Two jobs at once in loky processes, each starting DataLoader workers (loky leaves its own start
+    # method as the process default, which a plain multiprocessing.Process cannot start with).
+    sweep = tmp_path / "joblib"
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment=demo",
+            *sweep_overrides(small_sample, models, num_workers=1), "modality=rgb,rgb+force", f"hydra.sweep.dir={sweep}"]
+    proc = run_train_script(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for modality in ("rgb", "rgb+force"):
+        record = json.loads((sweep / f"modality={modality}" / RUN_FILE).read_text())
+        assert record["status"] == "completed" and record["global_step"] == 2, record["error"]
+        # The end-of-run report prints every path whole, on a line of its own.
+        for label, path in (("exported policy", record["export_dir"]), ("resume from", record["last_checkpoint"])):
+            assert any(line.startswith(f"{label}:") and line.split(":", 1)[1].strip() == path
+                       for line in proc.stdout.splitlines()), (label, path)
+    assert "2 runs: 2 completed, 0 failed" in (sweep / "summary.md").read_text()
 
 
 def test_optuna_sweep_returns_the_metric(small_sample, models, tmp_path):

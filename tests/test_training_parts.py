@@ -136,3 +136,28 @@ def test_training_starts_from_a_pretrained_checkpoint(small_sample, tiny_vlm_dir
     save_file(weights, str(tmp_path / "base" / "model.safetensors"))
     with pytest.raises(Exception, match="model.state_proj"):
         build_policy(cfg, plan_training(cfg))
+
+
+@pytest.mark.filterwarnings("ignore:Got pickle error")   # torch's guess at why the loky start failed
+def test_a_launcher_start_method_is_reset_so_dataloader_workers_start():
+    """joblib's loky workers run jobs with loky's start method as the process default; DataLoader
+    workers (plain multiprocessing.Process) cannot start with it until it is reset."""
+    import multiprocessing
+
+    from joblib.externals.loky.backend import context as loky_context  # noqa: F401  (registers "loky")
+    from torch.utils.data import DataLoader
+
+    from rlbench_sms.training.start_method import restore_standard_start_method
+
+    before = multiprocessing.get_start_method(allow_none=True)
+    loader = DataLoader(list(range(4)), batch_size=2, num_workers=1)
+    try:
+        multiprocessing.set_start_method("loky", force=True)   # what a loky worker process has
+        with pytest.raises(AttributeError, match="env"):   # loky's Popen wants its own Process
+            list(loader)
+        assert restore_standard_start_method() == "loky"
+        assert multiprocessing.get_start_method() in ("fork", "spawn", "forkserver")
+        assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]
+        assert restore_standard_start_method() is None   # a standard method is left alone
+    finally:
+        multiprocessing.set_start_method(before, force=True)

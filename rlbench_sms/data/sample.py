@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from rlbench_sms.cli import doc_description
 from rlbench_sms.data.sample_scene import SceneConfig, render_episode
 from rlbench_sms.data.writer import DatasetWriter
 from rlbench_sms.features import (ACTION, FORCE, STATE, TIP_POSITION, TIP_VALID, depth_feature, depth_key,
@@ -74,7 +75,7 @@ def build_sample(root: str | Path, episodes: int = 8, config: SceneConfig | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlbench_sms.data.sample", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rlbench_sms.data.sample", description=doc_description(__doc__))
     parser.add_argument("root", type=Path)
     parser.add_argument("--episodes", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rlbench_sms.cli import doc_description
 from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.data.metadata import DatasetMeta
 from rlbench_sms.data.reader import DatasetReader
@@ -177,7 +178,7 @@ def _summarize(meta: DatasetMeta) -> Summary:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlbench_sms.data.validate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rlbench_sms.data.validate", description=doc_description(__doc__))
     parser.add_argument("root", type=Path, help="dataset folder (contains meta/info.json)")
     parser.add_argument("--tolerance-s", type=float, default=1e-4, help="video timestamp tolerance")
     parser.add_argument("--quiet", action="store_true", help="print only problems")

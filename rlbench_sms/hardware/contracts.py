@@ -4,7 +4,9 @@ treat a real SO-100, a simulator and a mock alike (LeRobot's ``robots/robot.py``
 Every device: ``connect()``, ``disconnect()``, ``is_connected``, use as a context manager, and its
 dataset feature schemas available *before* connecting (so a dataset can be created, and a config
 checked, without hardware). Every reading carries a monotonic capture timestamp
-(``time.monotonic()`` seconds, taken as close to the hardware as the driver allows).
+(``time.monotonic()`` seconds, taken as close to the hardware as the driver allows); a camera
+whose driver stamps frames itself (RealSense) also passes that stamp on, mapped onto the same
+clock, so the recorder can store both (diffusion_policy keeps capture and receive times alike).
 """
 
 from __future__ import annotations
@@ -40,11 +42,19 @@ class JointReading:
 
 @dataclass(frozen=True)
 class CameraFrame:
-    """One capture: RGB (H, W, 3) uint8 and/or depth (H, W) uint16 mm aligned to the colour."""
+    """One capture: RGB (H, W, 3) uint8 and/or depth (H, W) uint16 mm aligned to the colour.
+
+    ``timestamp`` is when the host received the frame (``time.monotonic()`` seconds). Cameras
+    with :attr:`Camera.has_device_clock` also give ``device_timestamp``: the driver's own capture
+    time of the frame, mapped onto ``time.monotonic()`` seconds, and ``device_clock``, the clock it
+    came from (RealSense timestamp domain: ``hardware_clock``, ``global_time``, ``system_time``).
+    """
 
     timestamp: float
     color: np.ndarray | None = None
     depth: np.ndarray | None = None
+    device_timestamp: float | None = None
+    device_clock: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,10 @@ class Teleop(Device):
 
 class Camera(Device):
     """A colour camera, optionally with depth aligned to the colour stream."""
+
+    # True when frames carry the driver's own capture time (CameraFrame.device_timestamp); the
+    # recorder then stores it as a column. A schema fact: known without hardware.
+    has_device_clock: bool = False
 
     @abc.abstractmethod
     def features(self, camera_name: str) -> list[FeatureSpec]:

@@ -7,17 +7,19 @@ faster than real ones and would hide the real cost of recording.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from rlbench_sms.features import (SO100_JOINT_NAMES, CameraIntrinsics, FeatureSpec, depth_feature,
                                   force_feature, joint_feature, rgb_feature, STATE, ACTION)
 from rlbench_sms.hardware.camera_thread import ThreadedCamera
-from rlbench_sms.hardware.contracts import (CameraFrame, ForceReading, ForceSensor, HardwareError,
-                                            JointReading, Robot, Teleop)
+from rlbench_sms.hardware.contracts import (CameraFrame, ForceReading, ForceSensor, JointReading,
+                                            Robot, Teleop)
 
 
 class _Connectable:
@@ -194,22 +196,40 @@ class MockForceSensorConfig:
     channels: int = 6
     noise_n: float = 0.05
     tare_samples: int = 20
+    max_buffered_samples: int = 100_000   # raw samples kept between reads; older are dropped
 
 
 class MockForceSensor(_Connectable, ForceSensor):
-    """Samples at ``rate_hz`` in a background thread: a slow oscillation plus noise and a bias."""
+    """A 6-axis sensor sampling at ``rate_hz``: a slow oscillation plus noise and a bias.
 
-    def __init__(self, config: MockForceSensorConfig | None = None, seed: int = 0):
+    No producer thread: the samples due since the previous call are computed on demand from the
+    clock (sample ``k`` at ``connect time + k / rate_hz``). A thread starved by a busy machine
+    would make reads fail that a real sensor (which samples in hardware) serves; like
+    :class:`~rlbench_sms.hardware.force_sensor.SerialForceSensor`, ``read()`` never waits and
+    repeats the newest value when no new sample is due. ``clock`` and ``sleep`` are injectable
+    for tests (monotonic seconds).
+    """
+
+    def __init__(self, config: MockForceSensorConfig | None = None, seed: int = 0,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         super().__init__()
         self.config = config or MockForceSensorConfig()
+        if self.config.rate_hz <= 0 or self.config.tare_samples <= 0:
+            raise ValueError("rate_hz and tare_samples must be positive")
         self.name = "mock force sensor"
+        self._clock, self._sleep = clock, sleep
         self._rng = np.random.default_rng(seed)
         self._bias = self._rng.normal(0, 2.0, self.config.channels).astype(np.float32)
+        self._gain = np.linspace(0.5, 2.0, self.config.channels, dtype=np.float32)
         self._offset = np.zeros(self.config.channels, np.float32)
-        self._samples: list[tuple[float, np.ndarray]] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+        self._next_k = 0                  # index of the next sample to generate
+        self._pending: collections.deque[tuple[float, np.ndarray]] = collections.deque(
+            maxlen=self.config.max_buffered_samples)
+        self._latest: tuple[float, np.ndarray] | None = None
+        self.dropped = 0                  # samples older than the buffer when finally read
 
     def feature(self) -> FeatureSpec:
         names = ["fx", "fy", "fz", "tx", "ty", "tz"][: self.config.channels]
@@ -218,53 +238,58 @@ class MockForceSensor(_Connectable, ForceSensor):
 
     def connect(self) -> None:
         super().connect()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="mock-force", daemon=True)
-        self._thread.start()
-
-    def disconnect(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        super().disconnect()
-
-    def _run(self) -> None:
-        period = 1.0 / self.config.rate_hz
-        t0 = next_t = time.monotonic()
-        while not self._stop.is_set():
-            now = time.monotonic()
-            value = (self._bias + np.sin(now - t0) * np.linspace(0.5, 2.0, self.config.channels)
-                     + self._rng.normal(0, self.config.noise_n, self.config.channels)).astype(np.float32)
-            with self._lock:
-                self._samples.append((now, value))
-            next_t += period
-            self._stop.wait(max(0.0, next_t - time.monotonic()))
-
-    def _take(self) -> list[tuple[float, np.ndarray]]:
         with self._lock:
-            taken, self._samples = self._samples, []
-        return taken
+            self._t0 = self._clock()
+            self._next_k, self._latest, self.dropped = 0, None, 0
+            self._pending.clear()
+            self._generate(self._t0)      # sample 0, taken at connect
+
+    def _generate(self, now: float) -> np.ndarray:
+        """Append the samples due by ``now`` to the pending ones; returns their values (N, C)."""
+        c = self.config
+        last_k = int(np.floor((now - self._t0) * c.rate_hz))
+        if self._t0 + (last_k + 1) / c.rate_hz <= now:     # floor() rounded a due sample away
+            last_k += 1
+        if last_k < self._next_k:
+            return np.zeros((0, c.channels), np.float32)
+        first_k = max(self._next_k, last_k - c.max_buffered_samples + 1)
+        self.dropped += first_k - self._next_k
+        t = self._t0 + np.arange(first_k, last_k + 1) / c.rate_hz            # (N,) monotonic s
+        values = (self._bias + np.sin(t - self._t0)[:, None] * self._gain
+                  + self._rng.normal(0, c.noise_n, (t.size, c.channels))).astype(np.float32)
+        self._pending.extend(zip(t.tolist(), values))
+        self._latest = (float(t[-1]), values[-1])
+        self._next_k = last_k + 1
+        return values
 
     def tare(self) -> np.ndarray:
+        """Average the next ``tare_samples`` samples (due over the next ``tare_samples / rate_hz``
+        seconds) into the offset; returns it."""
         self._require_connected()
+        c = self.config
         collected: list[np.ndarray] = []
-        deadline = time.monotonic() + 2.0 + self.config.tare_samples / self.config.rate_hz
-        while len(collected) < self.config.tare_samples:
-            if time.monotonic() > deadline:
-                raise HardwareError(self.name, "no samples to tare on")
-            collected += [v for _, v in self._take()]
-            time.sleep(1.0 / self.config.rate_hz)
-        self._offset = np.mean(collected[: self.config.tare_samples], axis=0).astype(np.float32)
+        with self._lock:
+            self._generate(self._clock())             # what is due already is not "next"
+        while len(collected) < c.tare_samples:
+            with self._lock:
+                due_t = self._t0 + (self._next_k + c.tare_samples - len(collected) - 1) / c.rate_hz
+            self._sleep(max(0.0, due_t - self._clock()))
+            with self._lock:
+                collected += list(self._generate(self._clock()))
+        self._offset = np.mean(collected[: c.tare_samples], axis=0).astype(np.float32)
         return self._offset.copy()
 
     def read(self) -> ForceReading:
+        """The newest sample minus the tare offset, and every raw sample since the previous read."""
         self._require_connected()
-        taken = self._take()
-        if not taken:
-            time.sleep(1.5 / self.config.rate_hz)
-            taken = self._take()
-            if not taken:
-                raise HardwareError(self.name, "no samples")
-        ts = np.array([t for t, _ in taken])
-        raw = np.stack([v for _, v in taken])
-        return ForceReading((raw[-1] - self._offset).astype(np.float32), float(ts[-1]), raw, ts)
+        with self._lock:
+            self._generate(self._clock())
+            taken = list(self._pending)
+            self._pending.clear()
+            latest_t, latest = self._latest
+        if taken:
+            ts = np.array([t for t, _ in taken], dtype=np.float64)
+            raw = np.stack([v for _, v in taken])
+        else:
+            ts, raw = np.zeros(0), np.zeros((0, self.config.channels), np.float32)
+        return ForceReading((latest - self._offset).astype(np.float32), latest_t, raw, ts)

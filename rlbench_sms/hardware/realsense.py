@@ -15,6 +15,12 @@ The frame source is a seam. :class:`RealSenseSource` streams a real camera throu
 does not run on a software device; stack_notes 6). Everything after the source -- matching
 colour with depth, alignment, the mm conversion, intrinsics, the capture thread -- is shared.
 
+Time: a frame's ``timestamp`` is when the host received it (``time.monotonic()``); its
+``device_timestamp`` is the driver's own stamp of the colour frame (``frame.get_timestamp()``, in
+its timestamp domain), mapped onto the same monotonic clock by
+:class:`~rlbench_sms.hardware.device_clock.DeviceClockMapper`, with the domain's name in
+``device_clock``. The recorder stores both.
+
 ``pyrealsense2`` is imported lazily: the feature schemas work on a machine without it. On Linux
 it needs libusb-1.0 (``apt install libusb-1.0-0``).
 """
@@ -30,6 +36,7 @@ import numpy as np
 from rlbench_sms.features import (CameraIntrinsics, FeatureSpec, depth_feature, rgb_feature)
 from rlbench_sms.hardware.camera_thread import ThreadedCamera
 from rlbench_sms.hardware.contracts import CameraFrame, HardwareError
+from rlbench_sms.hardware.device_clock import DeviceClockMapper
 
 UINT16_MAX = 65535
 
@@ -59,6 +66,11 @@ class RealSenseCameraConfig:
     gain: float | None = None          # colour gain; disables auto-exposure
     max_consecutive_errors: int = 10   # device errors in a row before the camera counts as lost
     poll_s: float = 0.1                # longest single wait of the capture thread (stop latency)
+    # Mapping a hardware-clock frame stamp onto the host clock (hardware/device_clock.py): how
+    # fast the device clock may drift from the host's (s per s; crystals are within ~50 ppm),
+    # and the jump (s) taken as a reset or wrap of the device clock rather than as delay.
+    device_clock_max_drift: float = 1e-4
+    device_clock_resync_s: float = 1.0
 
     def __post_init__(self) -> None:
         self.serial_number = str(self.serial_number)
@@ -223,6 +235,8 @@ class RealSenseCamera(ThreadedCamera):
     (without streaming), else leaves them out.
     """
 
+    has_device_clock = True       # frames carry the driver's capture stamp (CameraFrame.device_timestamp)
+
     def __init__(self, config: RealSenseCameraConfig, source: FramesetSource | None = None,
                  name: str | None = None):
         self.config = config
@@ -235,6 +249,7 @@ class RealSenseCamera(ThreadedCamera):
         self.partial_framesets = 0        # framesets lacking colour or depth, skipped
         self._align = None
         self._probed = False
+        self._clock = DeviceClockMapper(config.device_clock_max_drift, config.device_clock_resync_s)
 
     # -- schema --------------------------------------------------------------------------------
     def features(self, camera_name: str) -> list[FeatureSpec]:
@@ -270,6 +285,7 @@ class RealSenseCamera(ThreadedCamera):
             self.depth_intrinsics = intrinsics_from_rs(setup.depth_profile.get_intrinsics())
         self.depth_scale_m = setup.depth_scale_m
         self.partial_framesets = 0
+        self._clock.reset()           # a new session: the device clock may have restarted
         c = self.config
         self._align = (rs.align(rs.stream.color)
                        if c.use_depth and c.align_depth_to_color else None)
@@ -283,15 +299,24 @@ class RealSenseCamera(ThreadedCamera):
         if frames is None:
             return None
         timestamp = time.monotonic()
-        return self._process(frames, timestamp)
+        # Read together with the receive time: global/system-time stamps are wall-clock ones.
+        wall_minus_monotonic = time.time() - timestamp
+        return self._process(frames, timestamp, wall_minus_monotonic)
 
-    def _process(self, frames: Any, timestamp: float) -> CameraFrame | None:
+    def _process(self, frames: Any, timestamp: float,
+                 wall_minus_monotonic: float) -> CameraFrame | None:
         c = self.config
         # A syncer emits unmatched frames at stream start (and when one stream drops a frame):
         # skip those, never pair a colour frame with a stale depth frame.
         if not frames.get_color_frame() or (c.use_depth and not frames.get_depth_frame()):
             self.partial_framesets += 1
             return None
+        # The colour frame's stamp (ms in its domain): the image the dataset stores. Taken before
+        # alignment, which builds a new depth frame but passes the colour frame through.
+        stamped = frames.get_color_frame()
+        domain = stamped.get_frame_timestamp_domain().name
+        device_timestamp = self._clock.to_host(stamped.get_timestamp() / 1000.0, domain,
+                                               timestamp, wall_minus_monotonic)
         if self._align is not None:
             frames = self._align.process(frames)
         color_frame = frames.get_color_frame()
@@ -304,7 +329,8 @@ class RealSenseCamera(ThreadedCamera):
             self._check_shape("depth", raw.shape)
             # The frame's own units: the depth sensor's scale at capture time.
             depth = depth_to_mm(raw, depth_frame.get_units())
-        return CameraFrame(timestamp=timestamp, color=color, depth=depth)
+        return CameraFrame(timestamp=timestamp, color=color, depth=depth,
+                           device_timestamp=device_timestamp, device_clock=domain)
 
     def _check_shape(self, what: str, hw: tuple[int, ...]) -> None:
         c = self.config

@@ -1,8 +1,8 @@
 """``record.py``: build the devices and the dataset from the config, record, report.
 
 Kept out of the entry script so that it is importable and testable. Exit codes: 0 when the
-recording finished or was stopped by the user, 1 on a configuration, dataset or hardware error
-(after saving what was recorded), with one line saying what and where.
+recording finished or was stopped by the user, 2 when a required setting is missing, 1 on a
+dataset or hardware error (after saving what was recorded), with one line saying what and where.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rlbench_sms.cli import EXIT_CONFIG, check_required
 from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.data.writer import DatasetWriter
-from rlbench_sms.features import FeatureSpec
+from rlbench_sms.features import FeatureSpec, is_reading_timing_key
 from rlbench_sms.hardware.contracts import HardwareError
 from rlbench_sms.runtime.recorder import Recorder, RecordingConfig, recording_features
 
@@ -29,7 +30,9 @@ def open_dataset(root: Path, fps: int, features: list[FeatureSpec], robot_type: 
     """A writer for a new dataset, or for appending to ``root`` when ``resume``.
 
     Appending refuses a dataset recorded at another fps or with other features: mixing them
-    would make a dataset no reader can use consistently.
+    would make a dataset no reader can use consistently. The one exception: per-reading timing
+    columns (frame and force ages, device times) that a dataset recorded before they existed
+    lacks are left out of the new episodes too, with a note on stderr.
     """
     if not resume:
         return DatasetWriter.create(root, fps, features, robot_type=robot_type,
@@ -40,8 +43,15 @@ def open_dataset(root: Path, fps: int, features: list[FeatureSpec], robot_type: 
     if writer.fps != fps:
         raise DatasetError(root / "meta/info.json", "fps", f"dataset is {writer.fps} fps, recording "
                                                            f"asks for {fps} (set fps={writer.fps})")
+    absent_timing = [f.key for f in features
+                     if is_reading_timing_key(f.key) and f.key not in writer.features]
+    if absent_timing:
+        print(f"{root}: recorded without per-reading timing ({', '.join(absent_timing)}); "
+              "the new episodes leave it out too", file=sys.stderr)
     for spec in features:
         have = writer.features.get(spec.key)
+        if have is None and spec.key in absent_timing:
+            continue
         if have is None:
             raise DatasetError(root / "meta/info.json", spec.key,
                                "not in the dataset being resumed (different sensors?)")
@@ -57,12 +67,11 @@ def open_dataset(root: Path, fps: int, features: list[FeatureSpec], robot_type: 
 
 def record(cfg: DictConfig) -> int:
     """Run a recording session from a composed ``conf/record.yaml``."""
-    try:
-        task = cfg.dataset.single_task
-    except Exception:
-        print("dataset.single_task is required, e.g. dataset.single_task=\"pick the red cube\"",
-              file=sys.stderr)
-        return 1
+    problem = check_required(cfg)     # every `???` left unset (port, serial, task), one line
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    task = cfg.dataset.single_task
     robot = instantiate(cfg.robot)
     teleop = instantiate(cfg.teleop)
     cameras = {name: instantiate(c) for name, c in (cfg.get("cameras") or {}).items()}
@@ -74,12 +83,16 @@ def record(cfg: DictConfig) -> int:
                              reset_time_s=float(cfg.dataset.reset_time_s),
                              **OmegaConf.to_container(cfg.recording))
     display = None
-    if cfg.display:
-        from rlbench_sms.runtime.display import RerunDisplay
+    if cfg.display or cfg.get("display_save"):
+        from rlbench_sms.runtime.display import open_display
 
-        display = RerunDisplay(cfg.dataset.repo_id)
+        # Before any device connects: a machine with no viewer is found (one line) before the loop.
+        display = open_display(cfg.dataset.repo_id, cfg.get("display_save"),
+                               **OmegaConf.to_container(cfg.display_options, resolve=True))
     try:
         with contextlib.ExitStack() as stack:
+            if display is not None:
+                stack.enter_context(display)    # closed last: never waits past its timeout
             for device in [robot, teleop, *cameras.values()] + ([force_sensor] if force_sensor else []):
                 stack.enter_context(device)
             # Schemas after connecting: a RealSense reports its real intrinsics only then.

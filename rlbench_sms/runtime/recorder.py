@@ -8,6 +8,16 @@ captured (``timing.capture_s``) and whether its tick ran late (``timing.late``),
 is visible in the data instead of silently stamped at the nominal time; per-episode timing
 (achieved fps, p99 period, late ticks) goes into the episode metadata.
 
+Every reading keeps its age: a camera frame reused from up to ``camera_max_age_s`` ago is not
+stored as if taken at the tick. Per camera, ``timing.<cam>_age_s`` is the tick's time (its joint
+reading, ``timing.capture_s``) minus the frame's capture time, and ``timing.force_age_s`` the same
+for the force reading; a camera that stamps frames itself (RealSense) adds
+``timing.<cam>_device_s``, its own capture time on the ``timing.capture_s`` axis, and the episode
+metadata names that clock (``timing/<cam>_device_clock``).
+
+``num_episodes`` counts the episodes *this run* records: resuming a dataset of 10 with
+``num_episodes=5`` ends with 15 (LeRobot's habit).
+
 Ctrl-C or an exception saves the frames recorded so far before it propagates; a SIGKILL loses
 at most the open episode (the writer's commit protocol).
 """
@@ -24,15 +34,17 @@ import numpy as np
 import pyarrow as pa
 
 from rlbench_sms.data.writer import DatasetWriter
-from rlbench_sms.features import ACTION, FORCE, STATE, FeatureSpec, depth_key, image_key
+from rlbench_sms.features import (ACTION, CAPTURE_TIME, FORCE, FORCE_AGE, LATE, STATE, FeatureSpec,
+                                  camera_age_key, camera_device_time_key, depth_key, image_key,
+                                  timing_features)
 from rlbench_sms.hardware.contracts import Camera, ForceSensor, Robot, Teleop
 from rlbench_sms.runtime.clock import LoopStats, LoopTimer
 from rlbench_sms.runtime.keyboard import HELP, Command, TerminalKeys
 
 log = logging.getLogger(__name__)
 
-CAPTURE_TIME = "timing.capture_s"   # seconds since the episode's first tick, float32
-LATE = "timing.late"                # the tick started more than late_threshold_s after its deadline
+# Episode metadata: which clock a camera's device timestamps came from (a RealSense domain name).
+DEVICE_CLOCK_EXTRA = "timing/{camera}_device_clock"
 
 
 @dataclass
@@ -41,7 +53,7 @@ class RecordingConfig:
 
     single_task: str
     fps: int = 30
-    num_episodes: int = 50
+    num_episodes: int = 50              # recorded by this run (on resume: this many more)
     episode_time_s: float = 60.0
     reset_time_s: float = 60.0
     camera_max_age_s: float = 0.1       # an older latest frame is waited on, not reused
@@ -64,11 +76,6 @@ class RecordingSummary:
     stopped_early: bool = False
 
 
-def timing_features() -> list[FeatureSpec]:
-    return [FeatureSpec(CAPTURE_TIME, "float32", (1,), None, unit="s"),
-            FeatureSpec(LATE, "bool", (1,), None)]
-
-
 def recording_features(robot: Robot, cameras: Mapping[str, Camera],
                        force_sensor: ForceSensor | None) -> list[FeatureSpec]:
     """The dataset schema of a recording, from the devices' schemas (no hardware needed)."""
@@ -77,7 +84,9 @@ def recording_features(robot: Robot, cameras: Mapping[str, Camera],
         features += camera.features(name)
     if force_sensor is not None:
         features.append(force_sensor.feature())
-    return features + timing_features()
+    device_clocks = {name: bool(getattr(camera, "has_device_clock", False))
+                     for name, camera in cameras.items()}
+    return features + timing_features(device_clocks, force_sensor is not None)
 
 
 class StatusLine:
@@ -108,7 +117,13 @@ class StatusLine:
 
 
 class Recorder:
-    """Records ``config.num_episodes`` episodes (counting those already in a resumed dataset)."""
+    """Records ``config.num_episodes`` new episodes into ``writer`` (a resumed dataset keeps its
+    episodes and gains that many more).
+
+    Per-reading timing columns (:func:`~rlbench_sms.features.is_reading_timing_key`) are stored
+    where the writer's dataset has them: a dataset recorded before they existed is resumed
+    without them (``record_app.open_dataset`` says so).
+    """
 
     def __init__(self, robot: Robot, teleop: Teleop, cameras: Mapping[str, Camera],
                  force_sensor: ForceSensor | None, writer: DatasetWriter, config: RecordingConfig,
@@ -125,10 +140,15 @@ class Recorder:
         self.timer = LoopTimer(config.fps, config.late_threshold_s)
         self._force_raw: list[np.ndarray] = []
         self._force_raw_t: list[np.ndarray] = []
+        self._device_clocks: dict[str, set[str]] = {}    # camera -> clocks seen this episode
+
+    def _stores(self, key: str) -> bool:
+        return key in self.writer.features
 
     # -- one tick -----------------------------------------------------------------------------
     def _step(self, t0: float, late: bool, record: bool) -> dict:
         joints = self.robot.read_joints()
+        tick = joints.timestamp                 # the row's time: what timing.capture_s stores
         frame: dict = {STATE: joints.positions}
         for name, camera in self.cameras.items():
             shot = camera.read_latest(self.config.camera_max_age_s, self.config.camera_timeout_s)
@@ -136,16 +156,26 @@ class Recorder:
                 frame[image_key(name)] = shot.color
             if shot.depth is not None:
                 frame[depth_key(name)] = shot.depth
+            if self._stores(camera_age_key(name)):
+                frame[camera_age_key(name)] = np.float32(tick - shot.timestamp)
+            if self._stores(camera_device_time_key(name)):
+                # A driver that gave no stamp this time: the host receive time is the best estimate.
+                stamped = shot.timestamp if shot.device_timestamp is None else shot.device_timestamp
+                frame[camera_device_time_key(name)] = np.float32(stamped - t0)
+                if record:
+                    self._device_clocks.setdefault(name, set()).add(shot.device_clock or "host_receive")
         if self.force_sensor is not None:
             force = self.force_sensor.read()
             frame[FORCE] = force.value
+            if self._stores(FORCE_AGE):
+                frame[FORCE_AGE] = np.float32(tick - force.timestamp)
             if record and force.raw.size:
                 self._force_raw.append(force.raw)
                 self._force_raw_t.append(force.raw_timestamps - t0)
         action = self.teleop.get_action().positions
         self.robot.send_action(action)
         frame[ACTION] = action
-        frame[CAPTURE_TIME] = np.float32(joints.timestamp - t0)
+        frame[CAPTURE_TIME] = np.float32(tick - t0)
         frame[LATE] = np.bool_(late)
         return frame
 
@@ -178,12 +208,19 @@ class Recorder:
             attachments[FORCE] = pa.table(
                 {"time_s": np.concatenate(self._force_raw_t).astype(np.float64),
                  **{str(n): raw[:, i].astype(np.float32) for i, n in enumerate(names)}})
-        index = self.writer.save_episode(extra=stats.as_dict(), attachments=attachments)
-        self._force_raw, self._force_raw_t = [], []
+        extra = stats.as_dict()
+        for name, clocks in self._device_clocks.items():
+            extra[DEVICE_CLOCK_EXTRA.format(camera=name)] = ",".join(sorted(clocks))
+        index = self.writer.save_episode(extra=extra, attachments=attachments)
+        self._clear_episode_buffers()
         return EpisodeResult(index, frames, stats)
 
+    def _clear_episode_buffers(self) -> None:
+        self._force_raw, self._force_raw_t = [], []
+        self._device_clocks = {}
+
     def run(self) -> RecordingSummary:
-        """Record until ``num_episodes`` are in the dataset or the user stops."""
+        """Record ``num_episodes`` new episodes, or until the user stops."""
         summary = RecordingSummary()
         cfg = self.config
         # Encoder threads hold the GIL between their C calls; with Python's default 5 ms switch
@@ -198,16 +235,18 @@ class Recorder:
 
     def _run(self, summary: RecordingSummary) -> RecordingSummary:
         cfg = self.config
+        target = self.writer.num_episodes + cfg.num_episodes     # a resumed dataset gains num_episodes
         with self.keys:
             try:
-                while self.writer.num_episodes < cfg.num_episodes:
-                    label = f"episode {self.writer.num_episodes + 1}/{cfg.num_episodes}"
+                while self.writer.num_episodes < target:
+                    done = cfg.num_episodes - (target - self.writer.num_episodes)
+                    label = f"episode {done + 1}/{cfg.num_episodes}"
                     if self.force_sensor is not None:
                         self.force_sensor.tare()
                     command = self._loop(cfg.episode_time_s, record=True, label=label)
                     if command is Command.RERECORD:
                         self.writer.clear_episode()
-                        self._force_raw, self._force_raw_t = [], []
+                        self._clear_episode_buffers()
                         self.status.done(f"{label}: discarded, re-recording")
                         continue
                     result = self._save()
@@ -216,7 +255,7 @@ class Recorder:
                     if command is Command.STOP:
                         summary.stopped_early = True
                         break
-                    if self.writer.num_episodes < cfg.num_episodes and cfg.reset_time_s > 0:
+                    if self.writer.num_episodes < target and cfg.reset_time_s > 0:
                         if self._loop(cfg.reset_time_s, record=False, label="reset") is Command.STOP:
                             summary.stopped_early = True
                             break

@@ -24,12 +24,12 @@ Input is read line by line from a stream (stdin by default), so tests drive it w
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import shutil
 import sys
 import threading
 from typing import Callable, Sequence, TextIO
 
+from rlbench_sms.cli import CONF_DIR, EXIT_CONFIG, check_required, error_line
 from rlbench_sms.hardware.calibration import (HOMING_OFFSET_LIMIT, MotorCalibration, save_calibration)
 from rlbench_sms.hardware.contracts import HardwareError
 from rlbench_sms.hardware.feetech import DEFAULT_BAUDRATE, DEFAULT_LATENCY_TIMER_MS, FeetechBus
@@ -137,22 +137,28 @@ def _line_reader(stream: TextIO, out: TextIO) -> Ask:
 def overrides_to_flags(overrides: Sequence[str]) -> list[str]:
     """``robot=so100 robot.config.port=...`` (Hydra overrides of conf/calibrate.yaml) -> flags."""
     from hydra import compose, initialize_config_dir
-    from omegaconf.errors import MissingMandatoryValue
+    from hydra.errors import HydraException
 
     groups = [g for g in ("robot", "teleop") if any(o.startswith(g + "=") for o in overrides)]
     if len(groups) != 1:
         raise ValueError("name one arm: robot=so100 robot.config.port=... (follower) or "
                          "teleop=so100_leader teleop.config.port=... (leader)")
     group = groups[0]
-    conf_dir = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose(config_name="calibrate", overrides=list(overrides))
-    arm = cfg[group].config
     try:
-        flags = ["--port", str(arm.port), "--id", str(arm.id),
-                 "--role", "follower" if group == "robot" else "leader", "--variant", str(arm.variant)]
-    except MissingMandatoryValue:
-        raise ValueError(f"{group}.config.port is required, e.g. {group}.config.port=/dev/ttyACM0") from None
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="calibrate", overrides=list(overrides))
+    except HydraException as error:          # unknown arm, bad override: Hydra's message, one line
+        raise ValueError(error_line(error)) from None
+    problem = check_required(cfg)
+    if problem:
+        raise ValueError(problem)
+    arm = cfg[group].config
+    if "port" not in arm:
+        choice = next(o for o in overrides if o.startswith(group + "=")).split("=", 1)[1]
+        raise ValueError(f"{group}={choice}: not an arm on a servo bus, nothing to calibrate "
+                         f"(e.g. {group}={'so100' if group == 'robot' else 'so100_leader'})")
+    flags = ["--port", str(arm.port), "--id", str(arm.id),
+             "--role", "follower" if group == "robot" else "leader", "--variant", str(arm.variant)]
     if arm.get("calibration_dir"):
         flags += ["--calibration-dir", str(arm.calibration_dir)]
     return flags
@@ -160,16 +166,21 @@ def overrides_to_flags(overrides: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None,
          stdout: TextIO | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlbench_sms.tools.calibrate",
-                                     description="Calibrate an SO-100/SO-101 follower or leader arm.")
+    parser = argparse.ArgumentParser(
+        prog="python -m rlbench_sms.tools.calibrate",
+        description="Calibrate an SO-100/SO-101 follower or leader arm.",
+        epilog="Or name the arm with the configs record.py uses: robot=so100 robot.config.port=/dev/ttyACM0 "
+               "robot.config.id=my_arm (a follower), teleop=so100_leader teleop.config.port=/dev/ttyACM1 "
+               "(a leader).")
     parser.add_argument("--port", required=True, help="serial port of the arm, e.g. /dev/ttyACM0")
     parser.add_argument("--id", required=True, help="name of this arm's calibration file")
-    parser.add_argument("--role", required=True, choices=ROLES)
-    parser.add_argument("--variant", default="so100", choices=VARIANTS)
+    parser.add_argument("--role", required=True, choices=ROLES, help="follower (driven) or leader (moved by hand)")
+    parser.add_argument("--variant", default="so100", choices=VARIANTS, help="arm model (default so100)")
     parser.add_argument("--calibration-dir", default=None,
                         help="folder of the calibration files (default: LeRobot's)")
-    parser.add_argument("--retries", type=int, default=3)
-    parser.add_argument("--baudrate", type=int, default=DEFAULT_BAUDRATE)
+    parser.add_argument("--retries", type=int, default=3, help="bus read retries before giving up (default 3)")
+    parser.add_argument("--baudrate", type=int, default=DEFAULT_BAUDRATE,
+                        help=f"bus baud rate (default {DEFAULT_BAUDRATE})")
     parser.add_argument("--latency-timer-ms", type=float, default=DEFAULT_LATENCY_TIMER_MS,
                         help="USB-serial latency the reply timeout allows for")
     parser.add_argument("--poll-s", type=float, default=0.02, help=argparse.SUPPRESS)
@@ -179,7 +190,7 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None,
             argv = overrides_to_flags(argv)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
-            return 1
+            return EXIT_CONFIG
     args = parser.parse_args(argv)
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from rich.progress import Progress
 
+from rlbench_sms.cli import doc_description
 from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.data.reader import DatasetReader
 
@@ -44,10 +45,10 @@ def export_frames(root: str | Path, episode: int, out: str | Path, keys: list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlbench_sms.tools.export_frames", description=__doc__.split("\n")[0])
-    parser.add_argument("root", type=Path)
-    parser.add_argument("--episode", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = argparse.ArgumentParser(prog="python -m rlbench_sms.tools.export_frames", description=doc_description(__doc__))
+    parser.add_argument("root", type=Path, help="dataset folder (contains meta/info.json)")
+    parser.add_argument("--episode", type=int, default=0, help="episode index (default 0)")
+    parser.add_argument("--out", type=Path, required=True, help="folder the PNGs go to, one sub-folder per camera")
     parser.add_argument("--key", action="append", help="a video feature (default: all)")
     parser.add_argument("--every", type=int, default=1, help="export every n-th frame")
     args = parser.parse_args(argv)

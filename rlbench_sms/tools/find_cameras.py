@@ -66,7 +66,7 @@ def list_opencv_cameras(candidates: Sequence[int | str]) -> list[OpenCVCameraInf
 
 
 def list_realsense() -> list[RealSenseInfo]:
-    """Connected RealSense devices; raises ImportError when pyrealsense2 cannot load."""
+    """Connected RealSense devices; raises ImportError (or OSError) when pyrealsense2 cannot load."""
     import pyrealsense2 as rs
 
     def info(dev, key) -> str:
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         say("OpenCV cameras")
         try:
             cams = opencv_lister(opencv_candidates(args.max_index))
-        except ImportError as exc:
+        except (ImportError, OSError) as exc:     # OSError: the wheel's native library does not load
             say(f"  cannot scan: {exc} (pip install opencv-python-headless)")
         else:
             if cams:
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         say("Intel RealSense cameras")
         try:
             devices = realsense_lister()
-        except (ImportError, RuntimeError) as exc:
+        except (ImportError, OSError, RuntimeError) as exc:   # OSError: libusb missing
             say(f"  cannot scan: {exc} (pip install pyrealsense2; on Linux apt install libusb-1.0-0)")
         else:
             if devices:

@@ -1,7 +1,8 @@
 """Which serial port is the arm? ``python -m rlbench_sms.tools.find_ports``
 
 Lists the serial ports with their descriptions, then asks you to unplug the arm's USB cable and
-press Enter: the port that disappeared is the arm's. ``--list`` only lists.
+press Enter: the port that disappeared is the arm's. ``--list`` only lists. The comparison needs
+a terminal to answer on: with stdin redirected it says so in one line and exits 1.
 """
 
 from __future__ import annotations
@@ -55,6 +56,20 @@ def find_port(ask: Callable[[str], str], say: Callable[[str], None],
     return None
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):     # a closed or replaced stdin
+        return False
+
+
+def needs_terminal(ports: list[PortInfo], why: str = "stdin is not one") -> str:
+    """The one line said when there is no terminal to wait on for the unplug."""
+    now = ", ".join(p.device for p in ports) or "none"
+    return (f"find_ports needs a terminal: it waits for Enter after you unplug the arm ({why}). "
+            f"Serial ports now: {now}. `--list` only lists them.")
+
+
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None,
          stdout: TextIO | None = None, lister: Callable[[], list[PortInfo]] = list_ports) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlbench_sms.tools.find_ports",
@@ -81,9 +96,16 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None,
         if not ports:
             say("No serial ports found.")
         return 0
+    if stdin is sys.stdin and not _is_terminal(stdin):
+        print(needs_terminal(lister()), file=sys.stderr, flush=True)
+        return 1
     try:
         return 0 if find_port(ask, say, lister) else 1
-    except (EOFError, KeyboardInterrupt):
+    except EOFError:                    # Ctrl-D at the prompt: end its line, then say why
+        say("")
+        print(needs_terminal(lister(), "the input ended"), file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
         return 1
 
 

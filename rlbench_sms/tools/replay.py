@@ -14,6 +14,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from rlbench_sms.cli import EXIT_FAILED, run_checked
 from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.data.reader import DatasetReader
 from rlbench_sms.features import ACTION
@@ -43,8 +44,8 @@ def replay(robot, actions: np.ndarray, fps: float, status: StatusLine | None = N
     return stats
 
 
-@hydra.main(config_path="../../conf", config_name="replay", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> int:
+    """Replay from a composed ``conf/replay.yaml``; 1 on a dataset or hardware error (one line)."""
     try:
         actions, fps = episode_actions(cfg.dataset.root, int(cfg.episode))
         robot = instantiate(cfg.robot)
@@ -52,7 +53,15 @@ def main(cfg: DictConfig) -> None:
             replay(robot, actions, cfg.fps or fps)
     except (DatasetError, HardwareError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        return EXIT_FAILED
+    return 0
+
+
+@hydra.main(config_path="../../conf", config_name="replay", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    code = run_checked(lambda: run(cfg), cfg, "replay failed")
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

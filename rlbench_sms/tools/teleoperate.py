@@ -12,6 +12,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from rlbench_sms.cli import EXIT_FAILED, run_checked
 from rlbench_sms.hardware.contracts import HardwareError
 from rlbench_sms.runtime.clock import LoopTimer
 from rlbench_sms.runtime.recorder import StatusLine
@@ -40,20 +41,28 @@ def teleoperate(robot, teleop, fps: float, duration_s: float | None, display=Non
     return ticks
 
 
-@hydra.main(config_path="../../conf", config_name="teleoperate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> int:
+    """Teleoperate from a composed ``conf/teleoperate.yaml``; 1 on a hardware error (one line)."""
     robot, teleop = instantiate(cfg.robot), instantiate(cfg.teleop)
     display = None
     if cfg.display:
-        from rlbench_sms.runtime.display import RerunDisplay
+        from rlbench_sms.runtime.display import open_display
 
-        display = RerunDisplay("teleoperate")
+        display = open_display("teleoperate")     # a viewer, else one line and no display
     try:
         with robot, teleop:
             teleoperate(robot, teleop, cfg.fps, cfg.duration_s, display)
     except HardwareError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        return EXIT_FAILED
+    return 0
+
+
+@hydra.main(config_path="../../conf", config_name="teleoperate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    code = run_checked(lambda: run(cfg), cfg, "teleoperation failed")
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

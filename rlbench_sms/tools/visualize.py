@@ -3,8 +3,9 @@ time series) and a static PNG summary (camera strip + signal plots).
 
     python -m rlbench_sms.tools.visualize ROOT --episode 0 [--png episode.png] [--rrd episode.rrd]
 
-Without ``--rrd`` the rerun viewer is spawned; with it, the recording is saved to open later
-(``rerun episode.rrd``).
+Without ``--rrd`` the recording goes to a rerun viewer (one already running on ``--port``, else
+one spawned); with it, the recording is saved to open later (``rerun episode.rrd``). On a machine
+with no screen and no viewer it stops at once with one line saying what to do instead.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rlbench_sms.cli import doc_description
 from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.data.reader import DatasetReader
 from rlbench_sms.features import ACTION, FORCE, STATE
+from rlbench_sms.runtime.viewer import DEFAULT_PORT, NoViewer, find_viewer
 
 SIGNALS = (STATE, ACTION, FORCE)
 
@@ -65,13 +68,19 @@ def episode_png(root: str | Path, episode: int, path: str | Path, moments: int =
     return path
 
 
-def log_to_rerun(root: str | Path, episode: int, rrd: str | Path | None = None) -> None:
-    """Log every frame of the episode to rerun on the dataset's timeline (seconds)."""
+def log_to_rerun(root: str | Path, episode: int, rrd: str | Path | None = None, url: str | None = None) -> None:
+    """Log every frame of the episode to rerun on the dataset's timeline (seconds): saved to
+    ``rrd``, else streamed to the viewer at ``url``, else to one :func:`find_viewer` reaches
+    (raises :class:`NoViewer` when there is none)."""
     import rerun as rr
 
-    rr.init(f"rlbench_sms-{Path(root).name}-episode-{episode}", spawn=rrd is None)
+    if rrd is None and url is None:
+        url = find_viewer()
+    rr.init(f"rlbench_sms-{Path(root).name}-episode-{episode}", spawn=False)
     if rrd is not None:
         rr.save(str(rrd))
+    else:
+        rr.connect_grpc(url)
     with DatasetReader(root, episodes=[episode]) as reader:
         meta, ep = reader.meta, reader.episodes[0]
         signals = [k for k in SIGNALS if k in meta.features]
@@ -90,18 +99,28 @@ def log_to_rerun(root: str | Path, episode: int, rrd: str | Path | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlbench_sms.tools.visualize", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rlbench_sms.tools.visualize", description=doc_description(__doc__))
     parser.add_argument("root", type=Path)
     parser.add_argument("--episode", type=int, default=0)
     parser.add_argument("--png", type=Path, help="write the static summary here")
     parser.add_argument("--rrd", type=Path, help="save the rerun recording here instead of spawning a viewer")
     parser.add_argument("--no-rerun", action="store_true", help="only the PNG")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="a running viewer's port (default %(default)s)")
     args = parser.parse_args(argv)
+    url = None
+    if not args.no_rerun and args.rrd is None:
+        try:            # before any work: on a machine with no viewer, say so at once
+            url = find_viewer(args.port)
+        except NoViewer as why:
+            print(f"error: no rerun viewer - {why}. Save the recording with --rrd out.rrd and open it with "
+                  f"`rerun out.rrd` on a machine with a display, or draw a summary with --png out.png --no-rerun",
+                  file=sys.stderr)
+            return 1
     try:
         if args.png:
             print(f"summary: {episode_png(args.root, args.episode, args.png)}")
         if not args.no_rerun:
-            log_to_rerun(args.root, args.episode, args.rrd)
+            log_to_rerun(args.root, args.episode, args.rrd, url)
             if args.rrd:
                 print(f"rerun recording: {args.rrd} (open with `rerun {args.rrd}`)")
     except DatasetError as e:

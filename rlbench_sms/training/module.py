@@ -12,6 +12,7 @@ validation episodes) and ``val/action_mse`` (mean squared error, in robot units 
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -24,6 +25,7 @@ from rlbench_sms.policy.smolvla import SmolVLAPolicy
 from rlbench_sms.policy.smolvla.flow_matching import BETA_ALPHA, TIME_OFFSET, TIME_SCALE
 from rlbench_sms.training.augment import ImageAugment
 
+log = logging.getLogger(__name__)
 ACTION_IS_PAD = "action_is_pad"
 VAL_STREAM = 1   # generator stream ids, so training and validation never share random numbers
 TRAIN_STREAM = 0
@@ -80,6 +82,11 @@ class SmolVLAModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.compile_model and not getattr(self, "_compiled", False):
+            # torch.compile is lazy: it compiles at the first forward of each kind (training, then
+            # validation and sampling), which is silent and takes minutes; say so before it starts.
+            if self.global_rank == 0:
+                log.info("compile=true: torch.compile compiles the VLM + expert during the first training "
+                         "and validation steps; those are slow (minutes), the following ones fast")
             # In place: the parameter names (and so checkpoints and exports) stay the same.
             self.policy.model.vlm_with_expert.compile()
             self._compiled = True

@@ -2,8 +2,9 @@
 
 Kept out of the entry script so that it is importable and testable. Every run folder gets a
 ``run.json`` (status, overrides, metrics, where the policy went) that the sweep summary reads. In a
-multirun a failing run is recorded as failed and the sweep goes on; a single run fails with one
-line on stderr and exit code 1 (2 for a config error caught before any heavy work).
+multirun a failing run is recorded as failed and the sweep goes on (it exits 1 after its summary:
+``SweepSummaryCallback``); a single run fails with one line on stderr and exit code 1 (2 for a
+config error caught before any heavy work).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 import traceback
@@ -20,13 +20,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlbench_sms.cli import EXIT_CONFIG, error_line, run_checked
 from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.training.plan import ConfigError, TrainPlan, plan_training
 
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
-EXIT_CONFIG = 2
-EXIT_FAILED = 1
 
 
 def _hydra_runtime() -> tuple[list[str], bool, str]:
@@ -89,7 +88,9 @@ def fit(cfg: DictConfig, plan: TrainPlan) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from rlbench_sms.training.build import build_module
+    from rlbench_sms.training.start_method import restore_standard_start_method
 
+    restore_standard_start_method()   # DataLoader workers must start inside a joblib sweep job too
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, keys=plan.keys)
     module = build_module(cfg, plan)
@@ -145,7 +146,9 @@ def train(cfg: DictConfig) -> float:
             write_run_record(run_dir, record)
     value = record["metrics"].get(cfg.get("optimized_metric"), math.nan)
     if record["status"] == "completed" and rank_zero:
-        _report(record)
+        from rlbench_sms.training.report import print_report
+
+        print_report(record)
     return float(value) if value is not None else math.nan
 
 
@@ -157,41 +160,21 @@ def _experiment_name(overrides: list[str]) -> str | None:
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
-def _report(record: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"training finished: {record['modality']}, seed {record['seed']}", show_header=False)
-    for key in ("train/loss", "val/loss", "val/action_mse"):
-        if key in record["metrics"]:
-            table.add_row(key, f"{record['metrics'][key]:.4f}")
-    table.add_row("steps", str(record.get("global_step")))
-    table.add_row("run folder", record["run_dir"])
-    if record.get("export_dir"):
-        table.add_row("exported policy", record["export_dir"])
-    if record.get("last_checkpoint"):
-        table.add_row("resume from", record["last_checkpoint"])
-    table.add_row("metrics", str(Path(record["run_dir"]) / "csv" / "metrics.csv"))
-    Console(stderr=False).print(table)
+    return error_line(e)      # the root cause, Hydra's instantiation wrappers left out
 
 
 def main(cfg: DictConfig) -> int:
-    """Entry for ``train.py``: 0 ok, 2 config/dataset error (one line), 1 training failure."""
-    try:
-        train(cfg)
-    except (ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except Exception as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"training failed: {_one_line(e)} (full traceback: HYDRA_FULL_ERROR=1)", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+    """Entry for ``train.py``: 0 ok, 2 config/dataset error or missing setting (one line), 1
+    training failure (one line with the root cause, see :func:`rlbench_sms.cli.run_checked`)."""
+    def run() -> int:
+        try:
+            train(cfg)
+        except (ConfigError, DatasetError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+        return 0
+
+    return run_checked(run, cfg, "training failed")
 
 
 def entry(cfg: DictConfig) -> float | None:

@@ -16,6 +16,9 @@ Written into the sweep folder:
 - ``summary.md``: the grouped table with ``mean ± std`` cells and the failed runs with their error;
 - ``summary.png``: bars per main metric per group (std error bars) and the val/loss curves.
 
+At the end of a sweep (the Hydra callback) the process exits with status 1 and one line on stderr
+when any run of that sweep failed; failed runs do not stop the sweep itself.
+
 Groups are every override key except ``seed`` unless ``group_by`` says otherwise. The std of a
 single completed seed is undefined: NaN in the tables, "—" in the markdown.
 """
@@ -35,6 +38,8 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
+
+from rlbench_sms.cli import doc_description
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ LEADING_COLUMNS = ("run", "status")
 TRAILING_COLUMNS = ("duration_s", "global_step", "error", "export_dir")
 METRIC_PREFIXES = ("train/", "val/", "test/", "best/")   # only used when a table lost its attrs
 NO_VALUE = "—"
+EXIT_RUNS_FAILED = 1   # the sweep's exit status when any of its runs failed
 ALL_RUNS = "all runs"
 
 OUTPUT_FILES = {"csv": "summary.csv", "groups_csv": "summary_groups.csv", "md": "summary.md",
@@ -559,8 +565,44 @@ def write_summary(sweep_dir: str | Path, group_by: Sequence[str] | None = None,
     return paths
 
 
+def _job_stamp(run_dir: Path) -> int | None:
+    """When Hydra last started a job in ``run_dir`` (it rewrites ``.hydra/overrides.yaml`` at every
+    job start), in ns; ``None`` for a folder without it."""
+    try:
+        return (run_dir / OVERRIDES).stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def job_stamps(sweep_dir: Path) -> dict[Path, int | None]:
+    """``_job_stamp`` of every run folder already in ``sweep_dir`` (none if it does not exist)."""
+    return {run_dir: _job_stamp(run_dir) for run_dir in find_run_dirs(sweep_dir)} if sweep_dir.is_dir() else {}
+
+
+def failed_runs(sweep_dir: Path, before: dict[Path, int | None] | None = None) -> tuple[int, int]:
+    """(failed, total) over the runs of ``sweep_dir`` that started after ``before`` was taken
+    (``job_stamps``): an earlier sweep into the same folder counts for neither. ``before=None``: all."""
+    if not sweep_dir.is_dir():
+        return 0, 0
+    runs = [d for d in find_run_dirs(sweep_dir) if before is None or d not in before or _job_stamp(d) != before[d]]
+    failed = sum(_read_run(sweep_dir, d)[0]["status"] == FAILED for d in runs)
+    return failed, len(runs)
+
+
+class SweepFailed(SystemExit):
+    """Raised at the very end of a sweep in which runs failed, once the summary is written: the
+    process exits with ``EXIT_RUNS_FAILED`` (Hydra lets a ``SystemExit`` from a callback through)."""
+
+    def __init__(self, failed: int, total: int, summary: Path | None, sweep_dir: Path):
+        where = f"summary: {summary}" if summary is not None else \
+            f"the summary could not be written (see the log above); runs in {sweep_dir}"
+        self.message = f"sweep: {failed} of {total} runs failed; {where}"
+        super().__init__(EXIT_RUNS_FAILED)
+
+
 class SweepSummaryCallback(Callback):
-    """Hydra callback: write the sweep summary when a multirun ends.
+    """Hydra callback: write the sweep summary when a multirun ends, then end the process with
+    exit status 1 and one line on stderr when any run of this sweep failed.
 
     ``conf/hydra/default.yaml``::
 
@@ -568,23 +610,54 @@ class SweepSummaryCallback(Callback):
           sweep_summary:
             _target_: rlbench_sms.training.sweep_summary.SweepSummaryCallback
 
-    Any error is logged, never raised: a summary bug must not hide the runs' own results.
+    A failed run does not stop the sweep (the training code records it in ``run.json`` and returns
+    NaN), so this is where the sweep's exit status comes from. Runs already in the folder from an
+    earlier sweep (same ``hydra.sweep.dir``) are summarised but do not count for the exit status.
+    Hydra ends a multirun with its callbacks in reverse order: those listed after this one have
+    run by then. An error while summarising is logged, never raised: a summary bug must not hide the
+    runs' own results.
+
+    Args:
+        group_by, metrics: as for :func:`write_summary`.
+        fail_on_failed_runs: ``False`` to exit 0 whatever the runs did.
     """
 
-    def __init__(self, group_by: Sequence[str] | None = None, metrics: Sequence[str] | None = None) -> None:
+    def __init__(self, group_by: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
+                 fail_on_failed_runs: bool = True) -> None:
         self.group_by = list(group_by) if group_by is not None else None
         self.metrics = list(metrics) if metrics is not None else None
+        self.fail_on_failed_runs = fail_on_failed_runs
+        self.before: dict[Path, int | None] | None = None   # run folders present when the sweep began
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        try:
+            self.before = job_stamps(Path(str(config.hydra.sweep.dir)))
+        except Exception:
+            log.exception("could not list the runs already in the sweep folder (all its runs will "
+                          "count for the exit status)")
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = None
+        sweep_dir = summary = None
         try:
             sweep_dir = Path(str(config.hydra.sweep.dir))
             paths = write_summary(sweep_dir, self.group_by, self.metrics)
+            summary = paths["md"]
             log.info("sweep summary: %s", ", ".join(str(p) for p in paths.values()))
         except Exception:
             log.exception("could not write the sweep summary of %s (the runs' own outputs are "
                           "unaffected; retry with `python -m %s %s`)", sweep_dir, __name__,
                           sweep_dir if sweep_dir is not None else "<sweep_dir>")
+        if not self.fail_on_failed_runs or sweep_dir is None:
+            return
+        try:
+            failed, total = failed_runs(sweep_dir, self.before)
+        except Exception:
+            log.exception("could not count the failed runs of %s", sweep_dir)
+            return
+        if failed:
+            error = SweepFailed(failed, total, summary, sweep_dir)
+            print(error.message, file=sys.stderr, flush=True)
+            raise error
 
 
 def latest_sweep(roots: str | Path | Sequence[str | Path] = ("outputs", "multirun")) -> Path:
@@ -599,7 +672,8 @@ def latest_sweep(roots: str | Path | Sequence[str | Path] = ("outputs", "multiru
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rlbench_sms.training.sweep_summary",
+                                     description=doc_description(__doc__))
     parser.add_argument("sweep_dir", type=Path, help="the sweep folder (hydra.sweep.dir)")
     parser.add_argument("--group-by", nargs="+", metavar="KEY",
                         help="override keys to group by (default: all but seed)")

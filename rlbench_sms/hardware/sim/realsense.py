@@ -17,6 +17,7 @@ priming pair so that every later :meth:`push` yields one matched colour + depth 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,13 +167,20 @@ class SoftwareRealSenseSource:
                     pass
 
     # -- pushing frames ------------------------------------------------------------------------
-    def push(self, color_rgb: np.ndarray, depth_raw: np.ndarray | None = None) -> None:
+    def push(self, color_rgb: np.ndarray, depth_raw: np.ndarray | None = None,
+             timestamp_ms: float | None = None, domain: str = "hardware_clock") -> None:
         """Deliver one colour frame (H, W, 3) uint8 RGB and one raw depth frame (H, W) uint16
-        in ``depth_units_m``, stamped as the same capture. (The binding copies the pixels.)"""
+        in ``depth_units_m``, stamped as the same capture. (The binding copies the pixels.)
+
+        The stamp is ``timestamp_ms`` in the timestamp ``domain`` (``hardware_clock``,
+        ``global_time`` or ``system_time``, as a real device reports it); by default frame ``n``
+        of a hardware clock starting at 0, at the configured fps.
+        """
         rs = self._rs
         with self._push_lock:
             n = self.pushed
-            stamp_ms = n * 1000.0 / self._fps
+            stamp_ms = n * 1000.0 / self._fps if timestamp_ms is None else float(timestamp_ms)
+            stamp_domain = getattr(rs.timestamp_domain, domain)
             frames = [(self._color_sensor, self._color_profile, np.ascontiguousarray(color_rgb), 3)]
             if self._use_depth:
                 if depth_raw is None:
@@ -185,7 +193,7 @@ class SoftwareRealSenseSource:
                 frame.stride = pixels.shape[1] * bpp
                 frame.bpp = bpp
                 frame.timestamp = stamp_ms
-                frame.domain = rs.timestamp_domain.hardware_clock
+                frame.domain = stamp_domain
                 frame.frame_number = n
                 frame.profile = profile
                 if bpp == 2:
@@ -203,9 +211,13 @@ class SoftwareRealSenseSource:
         self.push(*self.scene_frames(self.pushed))
 
     def _play(self) -> None:
+        # Absolute deadlines: the stamps (frame n at n / fps) then keep pace with the host clock
+        # as a real camera's do, instead of falling behind by each push's duration.
         period = 1.0 / self._fps
-        while not self._stop.wait(period):
+        next_t = time.monotonic() + period
+        while not self._stop.wait(max(0.0, next_t - time.monotonic())):
             self.push_scene()
+            next_t += period
 
     # -- helpers -------------------------------------------------------------------------------
     def _video_stream(self, rs, stream, fmt, bpp: int, uid: int, intr: CameraIntrinsics):
