@@ -1,12 +1,14 @@
 """Recording loop under load: simulated devices at 30 Hz, 2 RGB + 1 RGB-D 640x480 cameras with
 camera-like noise and a 200 Hz force sensor, written to a real dataset.
 
-    python benchmarks/record_loop.py [--seconds 60] [--episodes 2] [--fps 30]
+    python benchmarks/record_loop.py [--seconds 60] [--episodes 2] [--fps 30] [--display]
 
 Prints one JSON line: achieved fps, p99 period, late ticks and dropped frames per episode
 (dropped = ticks without a stored row, or rows without a video frame), how long the encoder
 backlog took to drain after each episode (it must be empty before the next one starts), and the
-encoders' own speed as a multiple of real time.
+encoders' own speed as a multiple of real time. ``--display`` records the same episodes again
+with the live view on, saved to an ``.rrd`` as on a machine with no screen (10 Hz, JPEG colour),
+and reports both runs, so the view's cost on the loop is measured against no view in one run.
 """
 
 from __future__ import annotations
@@ -45,13 +47,8 @@ def encoder_speed(camera: MockCamera, config, depth: bool, frames: int = 90) -> 
     return fps / camera.config.fps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=doc_description(__doc__))
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--episodes", type=int, default=2)
-    parser.add_argument("--fps", type=int, default=30)
-    parser.add_argument("--reset-seconds", type=float, default=2.0)
-    args = parser.parse_args()
+def record_episodes(args: argparse.Namespace, display: bool) -> tuple[list[dict], dict | None]:
+    """Record ``args.episodes`` episodes; (per-episode loop figures, the live view's counts)."""
     cam = lambda depth, seed: MockCamera(MockCameraConfig(640, 480, args.fps, use_depth=depth), seed)
     cameras = {"front": cam(True, 0), "wrist": cam(False, 1), "top": cam(False, 2)}
     robot, teleop = MockRobot(), MockTeleop()
@@ -72,17 +69,28 @@ def main() -> None:
             return out
 
         writer.save_episode = timed_save
+        view = None
+        if display:
+            from rlbench_sms.runtime.display import open_display
+
+            view = open_display("benchmark", save_path=Path(tmp) / "view.rrd", fps=10, file_jpeg_quality=75)
         devices = [robot, teleop, force, *cameras.values()]
         for d in devices:
             d.connect()
         try:
-            print(f"recording {args.episodes} x {args.seconds:.0f} s ...", file=sys.stderr)
-            summary = Recorder(robot, teleop, cameras, force, writer, config,
+            print(f"recording {args.episodes} x {args.seconds:.0f} s"
+                  f"{' with the live view' if display else ''} ...", file=sys.stderr)
+            summary = Recorder(robot, teleop, cameras, force, writer, config, display=view,
                                keys=TerminalKeys(stream=open("/dev/null"))).run()
         finally:
             for d in devices:
                 d.disconnect()
             writer.close()
+            if view is not None:
+                view.close()
+        view_counts = None if view is None else {
+            "frames_offered": view.offered, "frames_shown": view.shown, "frames_dropped": view.dropped,
+            "rrd_mb": round((Path(tmp) / "view.rrd").stat().st_size / 1e6, 1)}
         episodes = []
         with DatasetReader(root) as reader:
             for result, ep, drain in zip(summary.episodes, reader.episodes, drains):
@@ -100,10 +108,29 @@ def main() -> None:
                     "dropped_frames": (ticks - ep.length) + sum(ep.length - n for n in video_frames.values()),
                     **drain,
                 })
+    return episodes, view_counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=doc_description(__doc__))
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--episodes", type=int, default=2)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--reset-seconds", type=float, default=2.0)
+    parser.add_argument("--display", action="store_true", help="also record with the live view to an .rrd")
+    args = parser.parse_args()
+    episodes, _ = record_episodes(args, display=False)
+    with_display = None
+    if args.display:
+        display_episodes, view = record_episodes(args, display=True)
+        with_display = {"episodes": display_episodes, "view": view}
+    cameras = {"front": MockCamera(MockCameraConfig(640, 480, args.fps, use_depth=True), 0),
+               "wrist": MockCamera(MockCameraConfig(640, 480, args.fps, use_depth=False), 1)}
     speed = {"av1_rgb_x_realtime": round(encoder_speed(cameras["wrist"], VideoEncoderConfig(), False), 2),
              "ffv1_depth_x_realtime": round(encoder_speed(cameras["front"], DepthEncoderConfig(), True), 2)}
     print(json.dumps({"benchmark": "record_loop", "fps": args.fps, "seconds": args.seconds,
                       "streams": "2 RGB + 1 RGB-D 640x480, force 200 Hz", "episodes": episodes,
+                      **({"with_live_view": with_display} if with_display else {}),
                       "encoder_speed_one_thread_each": speed}))
 
 

@@ -31,9 +31,15 @@ def _say(text: str) -> None:
 
 class RerunDisplay:
     """Log recorded frames to rerun's global recording, streamed to ``url`` (a viewer's gRPC
-    address, see :func:`runtime.viewer.find_viewer`) or saved to ``save_path``."""
+    address, see :func:`runtime.viewer.find_viewer`) or saved to ``save_path``.
 
-    def __init__(self, app_id: str, save_path: str | Path | None = None, url: str | None = None):
+    ``jpeg_quality`` (1-100) JPEG-compresses the colour images: raw 640x480 frames at 10 Hz fill
+    a saved view at ~32 MB/s, JPEG at 75 about 40x less, for ~14 ms of the display thread per
+    image. Depth is always logged exact.
+    """
+
+    def __init__(self, app_id: str, save_path: str | Path | None = None, url: str | None = None,
+                 jpeg_quality: int | None = None):
         import rerun as rr
 
         if (save_path is None) == (url is None):
@@ -46,6 +52,7 @@ class RerunDisplay:
             rr.save(str(save_path), recording=self.stream)
         else:
             rr.connect_grpc(url, recording=self.stream)
+        self.jpeg_quality = jpeg_quality
         self._tick = 0
 
     def __call__(self, frame: dict) -> None:
@@ -58,7 +65,10 @@ class RerunDisplay:
                 if key.endswith(DEPTH_SUFFIX):
                     stream.log(f"cameras/{name}", rr.DepthImage(value, meter=1000.0))   # stored in mm
                 else:
-                    stream.log(f"cameras/{name}", rr.Image(value))
+                    image = rr.Image(value)
+                    if self.jpeg_quality:
+                        image = image.compress(jpeg_quality=self.jpeg_quality)
+                    stream.log(f"cameras/{name}", image)
             elif key in SERIES:
                 values = np.asarray(value, dtype=np.float64).reshape(-1)
                 stream.log(key.replace(".", "/"), rr.Scalars(values))
@@ -155,16 +165,18 @@ class LiveDisplay:
 def open_display(app_id: str, save_path: str | Path | None = None, fallback_rrd: str | Path | None = None,
                  fps: float | None = None, port: int = DEFAULT_PORT, spawn_timeout_s: float = SPAWN_TIMEOUT_S,
                  settle_s: float = SETTLE_S, close_timeout_s: float = CLOSE_TIMEOUT_S,
+                 file_jpeg_quality: int | None = None,
                  say: Callable[[str], None] = _say) -> LiveDisplay | None:
     """The live view of a recording: to ``save_path`` if given, else to a viewer, else (one line
-    says so) to ``fallback_rrd``; None (one line) when there is no viewer and no fallback file."""
+    says so) to ``fallback_rrd``; None (one line) when there is no viewer and no fallback file.
+    A saved view's colour images are JPEG-compressed at ``file_jpeg_quality`` (None: raw)."""
     try:
         import rerun  # noqa: F401
     except ImportError as error:
         say(f"display: off - rerun cannot load ({error}; pip install rerun-sdk)")
         return None
     if save_path is not None:
-        sink = RerunDisplay(app_id, save_path=save_path)
+        sink = RerunDisplay(app_id, save_path=save_path, jpeg_quality=file_jpeg_quality)
     else:
         try:
             url = find_viewer(port, spawn_timeout_s, settle_s)
@@ -174,7 +186,7 @@ def open_display(app_id: str, save_path: str | Path | None = None, fallback_rrd:
                 return None
             say(f"display: {why}; saving the live view to {fallback_rrd} instead "
                 f"(open it with `rerun {fallback_rrd}` on a machine with a display)")
-            sink = RerunDisplay(app_id, save_path=fallback_rrd)
+            sink = RerunDisplay(app_id, save_path=fallback_rrd, jpeg_quality=file_jpeg_quality)
         else:
             sink = RerunDisplay(app_id, url=url)
     return LiveDisplay(sink, fps, close_timeout_s, say)
