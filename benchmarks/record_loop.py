@@ -7,8 +7,9 @@ Prints one JSON line: achieved fps, p99 period, late ticks and dropped frames pe
 (dropped = ticks without a stored row, or rows without a video frame), how long the encoder
 backlog took to drain after each episode (it must be empty before the next one starts), and the
 encoders' own speed as a multiple of real time. ``--display`` records the same episodes again
-with the live view on, saved to an ``.rrd`` as on a machine with no screen (10 Hz, JPEG colour),
-and reports both runs, so the view's cost on the loop is measured against no view in one run.
+with the live view on, saved to an ``.rrd`` as on a machine with no screen (conf/record.yaml's
+defaults: 10 Hz, every 2nd pixel, JPEG colour), and reports both runs, so the view's cost on the
+loop is measured against no view in the same run.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def record_episodes(args: argparse.Namespace, display: bool) -> tuple[list[dict]
         if display:
             from rlbench_sms.runtime.display import open_display
 
-            view = open_display("benchmark", save_path=Path(tmp) / "view.rrd", fps=10, file_jpeg_quality=75)
+            view = open_display("benchmark", save_path=Path(tmp) / "view.rrd", fps=10, file_jpeg_quality=75,
+                                file_image_stride=2)
         devices = [robot, teleop, force, *cameras.values()]
         for d in devices:
             d.connect()

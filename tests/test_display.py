@@ -269,13 +269,15 @@ def test_a_saved_view_stores_colour_as_jpeg(tmp_path):
     rr = import_or_skip_native("rerun")
     rows, cols = np.mgrid[0:240, 0:320]
     sizes = {}
-    for quality in (None, 75):
-        path = tmp_path / f"view-{quality}.rrd"
-        sink = RerunDisplay("me/wave", save_path=path, jpeg_quality=quality)
+    for quality, stride in ((None, 1), (75, 1), (75, 2)):
+        path = tmp_path / f"view-{quality}-{stride}.rrd"
+        sink = RerunDisplay("me/wave", save_path=path, jpeg_quality=quality, image_stride=stride)
         for i in range(5):
             smooth = ((rows + cols + 7 * i) % 256).astype(np.uint8)          # a camera-like gradient
-            sink({"observation.images.front": np.stack([smooth, smooth[::-1], np.fliplr(smooth)], -1)})
+            sink({"observation.images.front": np.stack([smooth, smooth[::-1], np.fliplr(smooth)], -1),
+                  "observation.images.front_depth": (600 + rows * cols % 300).astype(np.uint16)})
         sink.flush(5.0)
         rr.disconnect()
-        sizes[quality] = path.stat().st_size
-    assert sizes[75] * 4 < sizes[None], sizes
+        sizes[quality, stride] = path.stat().st_size
+    assert sizes[75, 1] * 2 < sizes[None, 1], sizes
+    assert sizes[75, 2] * 3 < sizes[75, 1], sizes          # depth too: a quarter of the pixels
