@@ -83,7 +83,7 @@ def test_calibrate_takes_the_record_configs():
     assert main(["robot=so100", "teleop=so100_leader"]) == 2
 
 
-def test_visualize_without_a_viewer_says_what_to_do(tiny_dataset, monkeypatch, capsys):
+def test_visualize_without_a_viewer_says_what_to_do(tiny_dataset, tmp_path, monkeypatch, capsys):
     import socket
     import sys
     import time
@@ -103,6 +103,12 @@ def test_visualize_without_a_viewer_says_what_to_do(tiny_dataset, monkeypatch, c
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no screen" in err and "--rrd out.rrd" in err and "rerun out.rrd" in err
     assert "--png" in err
+    # Asked for a PNG too: that needs no viewer, so it is drawn and only the live view is skipped.
+    png = tmp_path / "ep0.png"
+    assert visualize.main([str(tiny_dataset), "--episode", "0", "--port", str(port), "--png", str(png)]) == 0
+    assert png.stat().st_size > 1000
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "writing only the PNG" in err and "--rrd out.rrd" in err
 
 
 def test_find_ports_without_a_terminal_says_so(capsys):

@@ -108,18 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="a running viewer's port (default %(default)s)")
     args = parser.parse_args(argv)
     url = None
-    if not args.no_rerun and args.rrd is None:
+    use_rerun = not args.no_rerun
+    if use_rerun and args.rrd is None:
         try:            # before any work: on a machine with no viewer, say so at once
             url = find_viewer(args.port)
         except NoViewer as why:
-            print(f"error: no rerun viewer - {why}. Save the recording with --rrd out.rrd and open it with "
-                  f"`rerun out.rrd` on a machine with a display, or draw a summary with --png out.png --no-rerun",
-                  file=sys.stderr)
-            return 1
+            advice = (f"save the recording with --rrd out.rrd and open it with `rerun out.rrd` on a "
+                      f"machine with a display")
+            if args.png is None:
+                print(f"error: no rerun viewer - {why}. Instead, {advice}, or draw a summary with "
+                      f"--png out.png --no-rerun", file=sys.stderr)
+                return 1
+            # The PNG was asked for and needs no viewer: draw it, skip only the live view.
+            print(f"no rerun viewer - {why}; writing only the PNG ({advice})", file=sys.stderr)
+            use_rerun = False
     try:
         if args.png:
             print(f"summary: {episode_png(args.root, args.episode, args.png)}")
-        if not args.no_rerun:
+        if use_rerun:
             log_to_rerun(args.root, args.episode, args.rrd, url)
             if args.rrd:
                 print(f"rerun recording: {args.rrd} (open with `rerun {args.rrd}`)")
