@@ -18,4 +18,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from rlbench_sms.cli import exit_on_bad_overrides
+
+    exit_on_bad_overrides("train")     # an unknown option or key: one line, not Hydra's dump
     main()

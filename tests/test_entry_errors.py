@@ -157,3 +157,26 @@ def test_doc_description_takes_the_whole_first_paragraph():
     """
     assert doc_description(doc) == "Export an episode's frames: RGB to PNG, depth to 16-bit PNG (millimetres, " \
                                    "exact), with --every:"
+
+
+# (command line, what its one line must say): what Hydra itself would print over many lines.
+BAD_OVERRIDE_CASES = [
+    (TRAIN + ["modality=rgb+sonar"], ["modality/rgb+sonar", "rgb+depth+force"]),
+    (TRAIN + ["-m", "modality=rgb,rgb+sonar", "seed=0,1"], ["modality/rgb+sonar"]),     # any job of a sweep
+    (TRAIN + ["trainer.max_stepz=3"], ["trainer.max_stepz"]),
+    (TRAIN + ["seed=1=="], ["seed=1=="]),
+    (RECORD + ["robot=so99"], ["robot/so99", "so100"]),
+    (TELEOPERATE + ["teleop=so99_leader"], ["teleop/so99_leader"]),
+    (REPLAY + ["robot=so99"], ["robot/so99"]),
+]
+
+
+@pytest.mark.parametrize("args,says", BAD_OVERRIDE_CASES, ids=[" ".join(a[-2:]) for a, _ in BAD_OVERRIDE_CASES])
+def test_a_command_line_that_does_not_compose_is_one_line(args, says, tmp_path):
+    proc = subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    assert proc.returncode == EXIT_CONFIG, proc.stderr
+    line = only_line(proc.stderr)
+    assert line.startswith("error: ") and all(s in line for s in says), line
+    assert not (tmp_path / "outputs").exists()             # stopped before Hydra made a run folder

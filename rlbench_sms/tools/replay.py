@@ -65,4 +65,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from rlbench_sms.cli import exit_on_bad_overrides
+
+    exit_on_bad_overrides("replay")     # an unknown option or key: one line, not Hydra's dump
     main()

@@ -66,4 +66,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from rlbench_sms.cli import exit_on_bad_overrides
+
+    exit_on_bad_overrides("teleoperate")     # an unknown option or key: one line, not Hydra's dump
     main()
