@@ -55,6 +55,9 @@ def run(cfg: DictConfig) -> int:
     except HardwareError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if display is not None:
+            display.close()          # waits at most its close timeout for the viewer
     return 0
 
 
