@@ -78,14 +78,16 @@ class _StreamEncoder:
         self._thread.start()
 
     def _run(self) -> None:
+        ended = False           # the end-of-stream None was taken: draining for another would hang
         try:
             while (frame := self._queue.get()) is not None:
                 if self._error is None:
                     self._encoder.add(frame)
-            self.info = self._encoder.close()
+            ended = True
+            self.info = self._encoder.close()   # raises on no frames (an abort before the first)
         except BaseException as e:  # surfaced to the caller at put()/finish()
             self._error = e
-            while self._queue.get() is not None:
+            while not ended and self._queue.get() is not None:
                 pass
 
     def put(self, frame: np.ndarray) -> None:

@@ -3,20 +3,25 @@ treat a real SO-100, a simulator and a mock alike (LeRobot's ``robots/robot.py``
 
 Every device: ``connect()``, ``disconnect()``, ``is_connected``, use as a context manager, and its
 dataset feature schemas available *before* connecting (so a dataset can be created, and a config
-checked, without hardware). Every reading carries a monotonic capture timestamp
-(``time.monotonic()`` seconds, taken as close to the hardware as the driver allows); a camera
-whose driver stamps frames itself (RealSense) also passes that stamp on, mapped onto the same
-clock, so the recorder can store both (diffusion_policy keeps capture and receive times alike).
+checked, without hardware). Every reading carries a capture timestamp on the loop's clock
+(hardware: ``time.monotonic()`` seconds, taken as close to the hardware as the driver allows; the
+MuJoCo twin: simulated seconds, from the device's ``clock``); a camera whose driver stamps frames
+itself (RealSense) also passes that stamp on, mapped onto the same clock, so the recorder can store
+both (diffusion_policy keeps capture and receive times alike).
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rlbench_sms.features import FeatureSpec
+
+if TYPE_CHECKING:
+    from rlbench_sms.runtime.clock import Clock
 
 
 class HardwareError(RuntimeError):
@@ -37,7 +42,7 @@ class JointReading:
     """Joint positions in the dataset's units (degrees; gripper 0-100) at ``timestamp``."""
 
     positions: np.ndarray          # (n,) float32
-    timestamp: float               # time.monotonic() seconds
+    timestamp: float               # seconds on the loop's clock (hardware: time.monotonic())
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,27 @@ class ForceReading:
 
 
 class Device(abc.ABC):
-    """Lifecycle shared by all devices."""
+    """Lifecycle shared by all devices, and the per-episode hooks the recorder calls."""
 
     name: str = "device"
+    # The clock this device's readings are stamped on, when it owns one (the twin's simulated
+    # time); None for hardware, which stamps time.monotonic(). A loop runs on the first device's
+    # non-None clock (runtime.clock.clock_of).
+    clock: "Clock | None" = None
+
+    def start_episode(self, index: int) -> dict[str, Any]:
+        """Called by the recorder before the first tick of episode ``index`` (the index it will
+        be saved under; after the force sensor's tare), again with the same index when the
+        episode is re-recorded. Returns episode metadata: bool, int, float or str values, under
+        keys such as ``sim/seed``, stored in the episode's row of ``meta/episodes``. A ``"task"``
+        entry is not stored: it is the episode's task text instead of ``dataset.single_task``."""
+        return {}
+
+    def end_episode(self) -> dict[str, Any]:
+        """Called by the recorder after the last tick of the episode opened by
+        :meth:`start_episode` (also when it is discarded), before saving it. Returns episode
+        metadata as :meth:`start_episode` does (e.g. ``sim/success``)."""
+        return {}
 
     @abc.abstractmethod
     def connect(self) -> None: ...

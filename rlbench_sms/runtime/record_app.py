@@ -20,6 +20,7 @@ from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.data.writer import DatasetWriter
 from rlbench_sms.features import FeatureSpec, is_reading_timing_key
 from rlbench_sms.hardware.contracts import HardwareError
+from rlbench_sms.runtime.clock import clock_of
 from rlbench_sms.runtime.recorder import Recorder, RecordingConfig, recording_features
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ def record(cfg: DictConfig) -> int:
         with contextlib.ExitStack() as stack:
             if display is not None:
                 stack.enter_context(display)    # closed last: never waits past its timeout
-            for device in [robot, teleop, *cameras.values()] + ([force_sensor] if force_sensor else []):
+            devices = [robot, teleop, *cameras.values()] + ([force_sensor] if force_sensor else [])
+            for device in devices:
                 stack.enter_context(device)
             # Schemas after connecting: a RealSense reports its real intrinsics only then.
             features = recording_features(robot, cameras, force_sensor)
@@ -101,8 +103,9 @@ def record(cfg: DictConfig) -> int:
                                   getattr(robot, "robot_type", robot.name), bool(cfg.dataset.resume),
                                   instantiate(cfg.dataset.video), instantiate(cfg.dataset.depth))
             stack.enter_context(writer)
+            # The twin's simulated time when a sim device owns it, else the wall clock.
             summary = Recorder(robot, teleop, cameras, force_sensor, writer, config,
-                               display=display).run()
+                               display=display, clock=clock_of(devices)).run()
     except (DatasetError, HardwareError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

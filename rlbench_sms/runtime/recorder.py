@@ -15,6 +15,12 @@ for the force reading; a camera that stamps frames itself (RealSense) adds
 ``timing.<cam>_device_s``, its own capture time on the ``timing.capture_s`` axis, and the episode
 metadata names that clock (``timing/<cam>_device_clock``).
 
+The loop runs on the devices' clock (:func:`~rlbench_sms.runtime.clock.clock_of`: the twin's
+simulated time, else the wall clock). Every device's episode hooks are called around each episode
+(``start_episode`` after the force tare and before the first tick, ``end_episode`` after the last
+tick); the metadata they return goes into the episode's row of ``meta/episodes``, and a ``"task"``
+from ``start_episode`` is the episode's task text.
+
 ``num_episodes`` counts the episodes *this run* records: resuming a dataset of 10 with
 ``num_episodes=5`` ends with 15 (LeRobot's habit).
 
@@ -28,23 +34,31 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
 
+from rlbench_sms.data.metadata import EPISODE_BASE_COLUMNS
 from rlbench_sms.data.writer import DatasetWriter
 from rlbench_sms.features import (ACTION, CAPTURE_TIME, FORCE, FORCE_AGE, LATE, STATE, FeatureSpec,
                                   camera_age_key, camera_device_time_key, depth_key, image_key,
                                   timing_features)
-from rlbench_sms.hardware.contracts import Camera, ForceSensor, Robot, Teleop
-from rlbench_sms.runtime.clock import LoopStats, LoopTimer
+from rlbench_sms.hardware.contracts import Camera, Device, ForceSensor, HardwareError, Robot, Teleop
+from rlbench_sms.runtime.clock import Clock, LoopStats, LoopTimer, clock_of
 from rlbench_sms.runtime.keyboard import HELP, Command, TerminalKeys
 
 log = logging.getLogger(__name__)
 
 # Episode metadata: which clock a camera's device timestamps came from (a RealSense domain name).
 DEVICE_CLOCK_EXTRA = "timing/{camera}_device_clock"
+# The entry of a start_episode hook's metadata that is the episode's task text, not metadata.
+TASK_HOOK_KEY = "task"
+# Episode metadata a device hook may not set: the writer's own columns, the column prefixes the
+# reader does not hand back as metadata, and the recorder's own timing.
+RESERVED_EPISODE_KEYS = EPISODE_BASE_COLUMNS + ("dataset_from_index", "dataset_to_index")
+RESERVED_EPISODE_PREFIXES = ("stats/", "videos/", "data/", "meta/", "timing/")
+HOOK_VALUE_TYPES = (bool, int, float, str)
 
 
 @dataclass
@@ -89,6 +103,33 @@ def recording_features(robot: Robot, cameras: Mapping[str, Camera],
     return features + timing_features(device_clocks, force_sensor is not None)
 
 
+def hook_metadata(device: Device, hook: str, values: Any, allow_task: bool) -> dict[str, Any]:
+    """A device hook's episode metadata, checked: a dict of bool/int/float/str (numpy scalars
+    become Python ones) under keys that collide with no standard column. Anything else is a
+    one-line :class:`HardwareError` naming the device and the key, raised before it can cost a
+    recorded episode at save time."""
+    if not isinstance(values, Mapping):
+        raise HardwareError(device.name, f"{hook}() returned {type(values).__name__}, not a dict")
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        if not isinstance(key, str) or not key:
+            raise HardwareError(device.name, f"{hook}() returned the key {key!r}: keys are non-empty strings")
+        if key == TASK_HOOK_KEY and not allow_task:
+            raise HardwareError(device.name, f"{hook}() returned {key!r}: only start_episode names the task")
+        if key in RESERVED_EPISODE_KEYS or key.startswith(RESERVED_EPISODE_PREFIXES):
+            raise HardwareError(device.name, f"{hook}() returned {key!r}: a reserved episode metadata name")
+        if isinstance(value, np.generic):
+            value = value.item()
+        if not isinstance(value, HOOK_VALUE_TYPES):
+            raise HardwareError(device.name, f"{hook}() returned {key}={value!r}: episode metadata "
+                                             "must be a bool, int, float or str")
+        if key == TASK_HOOK_KEY and not (isinstance(value, str) and value.strip()):
+            raise HardwareError(device.name, f"{hook}() returned {key}={value!r}: the task must be "
+                                             "a non-empty string")
+        checked[key] = value
+    return checked
+
+
 class StatusLine:
     """One live line on a terminal; periodic log lines otherwise."""
 
@@ -123,12 +164,15 @@ class Recorder:
     Per-reading timing columns (:func:`~rlbench_sms.features.is_reading_timing_key`) are stored
     where the writer's dataset has them: a dataset recorded before they existed is resumed
     without them (``record_app.open_dataset`` says so).
+
+    The loop runs on ``clock``; by default the devices' own (:func:`clock_of`), so sim devices
+    always get their simulated time.
     """
 
     def __init__(self, robot: Robot, teleop: Teleop, cameras: Mapping[str, Camera],
                  force_sensor: ForceSensor | None, writer: DatasetWriter, config: RecordingConfig,
                  keys: TerminalKeys | None = None, display: Callable[[dict], None] | None = None,
-                 status: StatusLine | None = None):
+                 status: StatusLine | None = None, clock: Clock | None = None):
         self.robot, self.teleop = robot, teleop
         self.cameras = dict(cameras)
         self.force_sensor = force_sensor
@@ -137,10 +181,17 @@ class Recorder:
         self.keys = keys or TerminalKeys()
         self.display = display
         self.status = status or StatusLine(config.status_interval_s)
-        self.timer = LoopTimer(config.fps, config.late_threshold_s)
+        # Hooks are called in this order, and later metadata wins on a shared key.
+        self.devices: list[Device] = [robot, teleop, *self.cameras.values()] + (
+            [force_sensor] if force_sensor is not None else [])
+        self.clock = clock if clock is not None else clock_of(self.devices)
+        self.timer = LoopTimer(config.fps, config.late_threshold_s, self.clock)
         self._force_raw: list[np.ndarray] = []
         self._force_raw_t: list[np.ndarray] = []
         self._device_clocks: dict[str, set[str]] = {}    # camera -> clocks seen this episode
+        self._task = config.single_task                  # this episode's (a hook may name it)
+        self._hook_extra: dict[str, Any] = {}            # the devices' metadata for this episode
+        self._episode_open = False                       # start_episode called, end_episode not
 
     def _stores(self, key: str) -> bool:
         return key in self.writer.features
@@ -186,7 +237,7 @@ class Recorder:
             late = self.timer.tick()
             frame = self._step(t0, late, record)
             if record:
-                self.writer.add_frame(frame, self.config.single_task)
+                self.writer.add_frame(frame, self._task)
             if self.display is not None:
                 self.display(frame)
             command = self.keys.poll()
@@ -211,6 +262,7 @@ class Recorder:
         extra = stats.as_dict()
         for name, clocks in self._device_clocks.items():
             extra[DEVICE_CLOCK_EXTRA.format(camera=name)] = ",".join(sorted(clocks))
+        extra.update(self._hook_extra)       # no clash: hooks may not use timing/ names
         index = self.writer.save_episode(extra=extra, attachments=attachments)
         self._clear_episode_buffers()
         return EpisodeResult(index, frames, stats)
@@ -218,6 +270,37 @@ class Recorder:
     def _clear_episode_buffers(self) -> None:
         self._force_raw, self._force_raw_t = [], []
         self._device_clocks = {}
+        self._hook_extra = {}
+
+    # -- episode hooks ------------------------------------------------------------------------
+    def _start_episode(self) -> None:
+        """Every device's ``start_episode`` for the episode about to be recorded (the index it
+        will be saved under: a re-recorded episode gets the same one again)."""
+        index = self.writer.num_episodes
+        merged: dict[str, Any] = {}
+        for device in self.devices:
+            merged.update(hook_metadata(device, "start_episode", device.start_episode(index),
+                                        allow_task=True))
+        self._task = merged.pop(TASK_HOOK_KEY, self.config.single_task)
+        self._hook_extra = merged
+        self._episode_open = True
+
+    def _end_episode(self) -> None:
+        """Every device's ``end_episode``, once per ``start_episode``; merges their metadata."""
+        if not self._episode_open:
+            return
+        self._episode_open = False
+        for device in self.devices:
+            self._hook_extra.update(hook_metadata(device, "end_episode", device.end_episode(),
+                                                  allow_task=False))
+
+    def _end_episode_after(self, error: BaseException) -> None:
+        """``end_episode`` while an error propagates: the frames matter more than the metadata,
+        so a device that fails here (likely the one that failed the loop) is only logged."""
+        try:
+            self._end_episode()
+        except Exception as hook_error:
+            log.warning("end_episode after %s failed: %s", type(error).__name__, hook_error)
 
     def run(self) -> RecordingSummary:
         """Record ``num_episodes`` new episodes, or until the user stops."""
@@ -243,7 +326,9 @@ class Recorder:
                     label = f"episode {done + 1}/{cfg.num_episodes}"
                     if self.force_sensor is not None:
                         self.force_sensor.tare()
+                    self._start_episode()
                     command = self._loop(cfg.episode_time_s, record=True, label=label)
+                    self._end_episode()
                     if command is Command.RERECORD:
                         self.writer.clear_episode()
                         self._clear_episode_buffers()
@@ -261,6 +346,7 @@ class Recorder:
                             break
             except BaseException as error:
                 # Ctrl-C, a lost servo bus, a stalled camera: keep what was recorded.
+                self._end_episode_after(error)
                 if self.writer.episode_length > 0:
                     result = self._save()
                     summary.episodes.append(result)

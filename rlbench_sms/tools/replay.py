@@ -19,7 +19,7 @@ from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.data.reader import DatasetReader
 from rlbench_sms.features import ACTION
 from rlbench_sms.hardware.contracts import HardwareError
-from rlbench_sms.runtime.clock import LoopStats, LoopTimer
+from rlbench_sms.runtime.clock import Clock, LoopStats, LoopTimer, clock_of
 from rlbench_sms.runtime.recorder import StatusLine
 
 
@@ -29,9 +29,12 @@ def episode_actions(root: str | Path, episode: int) -> tuple[np.ndarray, int]:
         return reader.load_columns([ACTION])[ACTION], reader.meta.fps
 
 
-def replay(robot, actions: np.ndarray, fps: float, status: StatusLine | None = None) -> LoopStats:
-    """Send ``actions`` one per tick; returns the loop timing."""
-    timer = LoopTimer(fps, late_threshold_s=0.25 / fps)
+def replay(robot, actions: np.ndarray, fps: float, status: StatusLine | None = None,
+           clock: Clock | None = None) -> LoopStats:
+    """Send ``actions`` one per tick; returns the loop timing. The loop runs on ``clock``, by
+    default the robot's own (a sim world's time), else the wall clock."""
+    clock = clock if clock is not None else clock_of([robot])
+    timer = LoopTimer(fps, late_threshold_s=0.25 / fps, clock=clock)
     status = status or StatusLine(0.5)
     timer.start()
     for i, action in enumerate(actions):

@@ -14,14 +14,16 @@ from omegaconf import DictConfig
 
 from rlbench_sms.cli import EXIT_FAILED, run_checked
 from rlbench_sms.hardware.contracts import HardwareError
-from rlbench_sms.runtime.clock import LoopTimer
+from rlbench_sms.runtime.clock import Clock, LoopTimer, clock_of
 from rlbench_sms.runtime.recorder import StatusLine
 
 
 def teleoperate(robot, teleop, fps: float, duration_s: float | None, display=None,
-                status: StatusLine | None = None) -> int:
-    """Run the leader->follower loop; returns the number of ticks. Ctrl-C ends it."""
-    timer = LoopTimer(fps, late_threshold_s=0.25 / fps)
+                status: StatusLine | None = None, clock: Clock | None = None) -> int:
+    """Run the leader->follower loop; returns the number of ticks. Ctrl-C ends it. The loop
+    runs on ``clock``, by default the devices' own (a sim world's time), else the wall clock."""
+    clock = clock if clock is not None else clock_of([robot, teleop])
+    timer = LoopTimer(fps, late_threshold_s=0.25 / fps, clock=clock)
     status = status or StatusLine(0.5)
     timer.start()
     ticks = 0
