@@ -39,6 +39,7 @@ PRIMARY_OF_GROUP = {
     "camera": ("record",),
     "force_sensor": ("record",),
     "paths": ("record", "teleoperate", "replay", "train"),
+    "sim": ("record", "teleoperate", "replay"),
     **{group: ("train",) for group in (
         "dataset", "policy", "policy/branch/depth", "policy/branch/force", "policy/branch/tip",
         "modality", "trainer", "callbacks", "logger", "hydra", "experiment", "hparams_search", "debug")},
