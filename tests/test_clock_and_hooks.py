@@ -158,8 +158,10 @@ def make_devices(clock, events):
             HookedForceSensor(clock, events))
 
 
-def record(tmp_path, clock, events, episodes, seconds, keys=(), root=None, resume=False):
+def record(tmp_path, clock, events, episodes, seconds, keys=(), root=None, resume=False,
+           resets_scene=False):
     robot, teleop, cams, force = make_devices(clock, events)
+    robot.resets_scene = resets_scene
     root = root or tmp_path / "ds"
     features = recording_features(robot, cams, force)
     writer = (open_dataset(root, FPS, features, "mock", True, FAST_VIDEO, DepthEncoderConfig()) if resume
@@ -210,6 +212,14 @@ def test_a_fake_clock_drives_the_recording_without_sleeping(tmp_path):
     assert np.all((cols[FORCE_AGE] >= -EXACT_S) & (cols[FORCE_AGE] <= 1 / 200 + EXACT_S))
     assert clock.t > 1000.0 + 21.0              # the episodes, the reset and the tares
     assert events == episode_events(0) + episode_events(1)
+
+
+def test_a_device_that_resets_the_scene_skips_the_reset_phase(tmp_path):
+    """A simulator re-lays its scene in start_episode: no 1 s reset between the episodes."""
+    with_reset, without = FakeClock(), FakeClock()
+    record(tmp_path / "a", with_reset, [], episodes=2, seconds=1.0)
+    record(tmp_path / "b", without, [], episodes=2, seconds=1.0, resets_scene=True)
+    assert with_reset.t - without.t == pytest.approx(1.0, abs=1.5 / FPS)
 
 
 def test_hook_metadata_and_task_land_in_the_episode_metadata(tmp_path):

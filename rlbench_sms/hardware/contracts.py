@@ -80,6 +80,9 @@ class Device(abc.ABC):
     # time); None for hardware, which stamps time.monotonic(). A loop runs on the first device's
     # non-None clock (runtime.clock.clock_of).
     clock: "Clock | None" = None
+    # True when start_episode puts the scene back by itself (a simulator): the recorder then has
+    # no reset phase between episodes, which only gives a person time to reset the real scene.
+    resets_scene: bool = False
 
     def start_episode(self, index: int) -> dict[str, Any]:
         """Called by the recorder before the first tick of episode ``index`` (the index it will

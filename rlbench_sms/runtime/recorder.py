@@ -340,7 +340,8 @@ class Recorder:
                     if command is Command.STOP:
                         summary.stopped_early = True
                         break
-                    if self.writer.num_episodes < target and cfg.reset_time_s > 0:
+                    if self.writer.num_episodes < target and cfg.reset_time_s > 0 \
+                            and not any(device.resets_scene for device in self.devices):
                         if self._loop(cfg.reset_time_s, record=False, label="reset") is Command.STOP:
                             summary.stopped_early = True
                             break

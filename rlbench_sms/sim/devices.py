@@ -135,6 +135,7 @@ class SimRobot(_SimDevice, Robot):
     """
 
     robot_type = "so101_follower"      # the real arm's type: the same schema as its recordings
+    resets_scene = True                # start_episode re-lays the cell: no reset phase is needed
 
     def __init__(self, world: Mapping | Any, config: SimRobotConfig | Mapping | None = None, **given):
         self.name = "sim so101 follower"

@@ -51,9 +51,11 @@ def run(cfg: DictConfig) -> int:
     """Replay from a composed ``conf/replay.yaml``; 1 on a dataset or hardware error (one line)."""
     try:
         actions, fps = episode_actions(cfg.dataset.root, int(cfg.episode))
+        if cfg.fps is None:
+            cfg.fps = fps       # before the robot is built: the twin ticks at the dataset's rate
         robot = instantiate(cfg.robot)
         with robot:
-            replay(robot, actions, cfg.fps or fps)
+            replay(robot, actions, cfg.fps)
     except (DatasetError, HardwareError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
