@@ -131,7 +131,10 @@ class SimRobot(_SimDevice, Robot):
     ``send_action`` clips to the joints' ranges, then (with ``max_relative_target``) to the
     present position +- the limit, as the real follower does, sets the actuators' targets and
     returns what was sent. ``start_episode(index)`` resets the world with seed ``sim.seed +
-    index`` and returns the episode's variant as ``sim/...`` metadata.
+    index`` and returns the episode's variant as ``sim/...`` metadata; the task's success
+    detector (:mod:`rlbench_sms.sim.success`) then follows the episode (every ``read_joints`` and
+    ``send_action`` shows it the world's state) and ``end_episode`` returns its verdict,
+    ``sim/success`` and the figures behind it.
     """
 
     robot_type = "so101_follower"      # the real arm's type: the same schema as its recordings
@@ -144,6 +147,7 @@ class SimRobot(_SimDevice, Robot):
         self._setup_world(world)
         self.clock = None
         self.clipped_steps = 0          # commands shortened by max_relative_target so far
+        self.detector = None            # the episode's success detector (start_episode .. end_episode)
 
     def state_feature(self) -> FeatureSpec:
         return joint_feature(STATE, SO100_JOINT_NAMES)
@@ -160,9 +164,12 @@ class SimRobot(_SimDevice, Robot):
     def disconnect(self) -> None:
         self.world = None
         self.clock = None
+        self.detector = None
 
     def read_joints(self) -> JointReading:
         world = self._require_world()
+        if self.detector is not None:
+            self.detector.observe()
         return JointReading(radians_to_units(world, world.arm_qpos()).astype(np.float32), world.time)
 
     def send_action(self, action: np.ndarray) -> np.ndarray:
@@ -185,6 +192,8 @@ class SimRobot(_SimDevice, Robot):
                         self.name, np.round(goal, 2).tolist(), np.round(clipped, 2).tolist())
             goal = clipped
         world.set_arm_ctrl(units_to_radians(world, goal))
+        if self.detector is not None:
+            self.detector.observe()
         return goal.astype(np.float32)
 
     def start_episode(self, index: int) -> dict[str, Any]:
@@ -196,7 +205,23 @@ class SimRobot(_SimDevice, Robot):
         out.update({f"sim/{key}": value for key, value in variant.items()})
         if world.layout.instruction:
             out["task"] = world.layout.instruction
+        from rlbench_sms.sim.success import detector_for
+
+        try:
+            self.detector = detector_for(world)
+        except SimConfigError as error:
+            raise HardwareError(self.name, str(error)) from None
         return out
+
+    def end_episode(self) -> dict[str, Any]:
+        """The task's success detector on the final state: ``sim/success`` and its figures."""
+        if self.detector is None:
+            return {}
+        detector, self.detector = self.detector, None
+        if self.world is None:
+            return {}
+        detector.observe()
+        return detector.result()
 
 
 # ---------------------------------------------------------------------------------- cameras

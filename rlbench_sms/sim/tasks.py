@@ -8,8 +8,8 @@ the objects it uses (cube: free joint; bin, target: mocap bodies) and parks the 
 sight. What it returns is the episode's variant: stored as ``sim/<key>`` episode metadata, and
 optionally the episode's task text (e.g. a target force named in the instruction).
 
-Success detection belongs here too (one detector per task, reading the world's state) and is
-added with the tasks that need it; nothing here judges an episode yet.
+Whether an episode succeeded is :mod:`rlbench_sms.sim.success`'s call (one detector per task,
+its thresholds under ``sim.tasks.<name>.success``, a key :func:`placement_settings` leaves out).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ BIN_BODY = "bin"
 TARGET_BODY = "target"
 
 MetadataValue = bool | int | float | str
+SUCCESS_KEY = "success"            # sim.tasks.<name>.success: the detector's thresholds, not placement
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ def get_task(name: str) -> Task:
         raise SimConfigError(f"sim.task={name!r}: unknown task (known: {', '.join(sorted(TASKS))})") from None
 
 
+def placement_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's settings without its success thresholds (those are the detector's)."""
+    return {k: v for k, v in dict(settings).items() if k != SUCCESS_KEY}
+
+
 def uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     low, high = bounds
     return float(rng.uniform(low, high))
@@ -102,7 +108,7 @@ class PickPlace(Task):
     name = "pick_place"
 
     def place(self, world: "SimWorld", rng: np.random.Generator, settings: Mapping[str, Any]) -> Layout:
-        s = build_settings(PickPlaceSettings, dict(settings), f"sim.tasks.{self.name}")
+        s = build_settings(PickPlaceSettings, placement_settings(settings), f"sim.tasks.{self.name}")
         cube_xy = np.array([uniform(rng, s.cube_x), uniform(rng, s.cube_y)])
         yaw = np.deg2rad(uniform(rng, s.cube_yaw_deg))
         for _ in range(s.max_tries):
@@ -122,3 +128,107 @@ class PickPlace(Task):
 
 
 register_task(PickPlace())
+
+
+def inside(xy: np.ndarray, x: tuple[float, float], y: tuple[float, float]) -> bool:
+    return bool(x[0] <= xy[0] <= x[1] and y[0] <= xy[1] <= y[1])
+
+
+# ---------------------------------------------------------------------------------- push
+@dataclass(frozen=True)
+class PushSettings:
+    """The cube, the target marker and the room behind the cube that a push starts from (world
+    frame, metres). Every one of those points lies in the reachable region ``reach_x``/``reach_y``."""
+
+    cube_x: tuple[float, float] = (0.17, 0.25)
+    cube_y: tuple[float, float] = (-0.10, 0.10)
+    cube_yaw_deg: tuple[float, float] = (-45.0, 45.0)
+    distance_m: tuple[float, float] = (0.06, 0.11)     # cube centre to target centre
+    reach_x: tuple[float, float] = (0.13, 0.29)
+    reach_y: tuple[float, float] = (-0.15, 0.15)
+    approach_room_m: float = 0.05      # behind the cube (away from the target): where the jaws start
+    max_tries: int = 200               # rejection sampling of the target
+
+
+class Push(Task):
+    """A cube on the table and a flat target marker a few centimetres away in a random direction,
+    such that the push (from behind the cube to the target) stays within reach; the bin is parked."""
+
+    name = "push"
+
+    def place(self, world: "SimWorld", rng: np.random.Generator, settings: Mapping[str, Any]) -> Layout:
+        s = build_settings(PushSettings, placement_settings(settings), f"sim.tasks.{self.name}")
+        for _ in range(s.max_tries):
+            cube_xy = np.array([uniform(rng, s.cube_x), uniform(rng, s.cube_y)])
+            heading = rng.uniform(-np.pi, np.pi)
+            u = np.array([np.cos(heading), np.sin(heading)])
+            target_xy = cube_xy + uniform(rng, s.distance_m) * u
+            start_xy = cube_xy - s.approach_room_m * u
+            if inside(target_xy, s.reach_x, s.reach_y) and inside(start_xy, s.reach_x, s.reach_y):
+                break
+        else:
+            raise SimConfigError(f"sim.tasks.{self.name}: no target within reach in {s.max_tries} "
+                                 "tries (widen reach_x/reach_y or shorten distance_m)")
+        yaw = np.deg2rad(uniform(rng, s.cube_yaw_deg))
+        world.set_free_body_pose(CUBE_BODY, [cube_xy[0], cube_xy[1], world.cube_size_m / 2], yaw_quat(yaw))
+        world.set_mocap_pose(TARGET_BODY, [target_xy[0], target_xy[1], 0.0])
+        world.park(BIN_BODY)
+        return Layout({"cube_x": float(cube_xy[0]), "cube_y": float(cube_xy[1]),
+                       "cube_yaw_deg": float(np.rad2deg(yaw)),
+                       "target_x": float(target_xy[0]), "target_y": float(target_xy[1])})
+
+
+register_task(Push())
+
+
+# ---------------------------------------------------------------------------------- press
+@dataclass(frozen=True)
+class PressSettings:
+    """Where the cube lies (metres) and the force to press it with: uniform in ``force_n``,
+    rounded to ``force_step_n`` so that the instruction names it exactly."""
+
+    cube_x: tuple[float, float] = (0.17, 0.25)
+    cube_y: tuple[float, float] = (-0.10, 0.10)
+    cube_yaw_deg: tuple[float, float] = (-45.0, 45.0)
+    force_n: tuple[float, float] = (2.0, 8.0)
+    force_step_n: float = 0.5
+    instruction: str = "press the red cube down with {force_n:g} N"   # str.format(force_n=...)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.force_n[0] <= self.force_n[1]:
+            raise ValueError(f"force_n: need 0 < low <= high, got {list(self.force_n)}")
+        if self.force_step_n <= 0:
+            raise ValueError(f"force_step_n: must be positive, got {self.force_step_n}")
+        try:
+            self.instruction.format(force_n=1.0)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"instruction: {self.instruction!r} is not a template of {{force_n}} "
+                             f"({error})") from None
+
+
+class Press(Task):
+    """A cube on the table, to be pressed down with a force named in the episode's instruction
+    (``target_force_n`` in the layout, which the scripted expert reads); bin and target parked."""
+
+    name = "press"
+
+    def place(self, world: "SimWorld", rng: np.random.Generator, settings: Mapping[str, Any]) -> Layout:
+        s = build_settings(PressSettings, placement_settings(settings), f"sim.tasks.{self.name}")
+        cube_xy = np.array([uniform(rng, s.cube_x), uniform(rng, s.cube_y)])
+        yaw = np.deg2rad(uniform(rng, s.cube_yaw_deg))
+        # The multiples of force_step_n within force_n (a hair of slack for float rounding).
+        low = np.ceil(s.force_n[0] / s.force_step_n - 1e-9)
+        high = np.floor(s.force_n[1] / s.force_step_n + 1e-9)
+        if high < low:
+            raise SimConfigError(f"sim.tasks.{self.name}: no multiple of force_step_n={s.force_step_n} "
+                                 f"in force_n={list(s.force_n)}")
+        force = float(rng.integers(int(low), int(high) + 1) * s.force_step_n)
+        world.set_free_body_pose(CUBE_BODY, [cube_xy[0], cube_xy[1], world.cube_size_m / 2], yaw_quat(yaw))
+        world.park(BIN_BODY)
+        world.park(TARGET_BODY)
+        return Layout({"cube_x": float(cube_xy[0]), "cube_y": float(cube_xy[1]),
+                       "cube_yaw_deg": float(np.rad2deg(yaw)), "target_force_n": force},
+                      instruction=s.instruction.format(force_n=force))
+
+
+register_task(Press())
