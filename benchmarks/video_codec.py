@@ -3,10 +3,10 @@
     python benchmarks/video_codec.py [ROOT] [--synthetic] [--frames 60] [--width 640 --height 480]
 
 Frames are camera-like and never taken from an already-compressed video (that would flatter
-every codec): by default they are rendered by the sample scene renderer
-(``rlbench_sms.data.sample_scene``, both cameras, with camera noise); with ``--synthetic`` (or
-when the renderer is not importable) they are a gradient, a texture, moving shapes and sigma=3
-noise. With ROOT (a dataset, e.g. ``data/sample``), the frame size and fps are those of its first
+every codec): by default they are rendered by the MuJoCo twin (``rlbench_sms.sim``, both
+cameras, its scripted expert moving the arm, with sigma=2 camera noise added); with
+``--synthetic`` (or when the twin cannot render) they are a gradient, a texture, moving shapes
+and sigma=3 noise. With ROOT (a dataset, e.g. ``data/sample``), the frame size and fps are those of its first
 RGB video feature.
 
 Encoding uses each codec's default threading. Decoding goes through our ``VideoDecoder``, one
@@ -59,14 +59,37 @@ def synthetic_frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarr
     return out
 
 
+CAMERA_NOISE_STD = 2.0    # 8-bit levels: a real sensor's noise, which the twin's renders lack
+
+
 def rendered_frames(n: int, height: int, width: int, fps: int) -> dict[str, np.ndarray] | None:
+    """``n`` frames of the twin's front and wrist cameras while its expert starts a pick."""
     try:
-        from rlbench_sms.data.sample_scene import SceneConfig, render_episode
-    except ImportError as e:
-        log(f"sample scene renderer not importable ({e}); using synthetic frames")
+        from omegaconf import OmegaConf
+
+        from rlbench_sms.sim.devices import SimRobot
+        from rlbench_sms.sim.expert import ScriptedExpert
+        from rlbench_sms.sim.world import SimWorld
+
+        sim = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf/sim/default.yaml"))
+        sim.update(fps=fps, width=width, height=height, wrist_width=width, wrist_height=height)
+        world = SimWorld(sim)
+        robot, expert = SimRobot(world), ScriptedExpert(world)
+        robot.connect()
+        expert.connect()
+        rng = np.random.default_rng(0)
+        frames: dict[str, list[np.ndarray]] = {"front": [], "wrist": []}
+        for _ in range(n):
+            robot.send_action(expert.get_action().positions)
+            world.tick()
+            for cam, out in frames.items():
+                rgb = world.render(cam, width, height)[0].astype(np.float32)
+                out.append(np.clip(rgb + rng.normal(0, CAMERA_NOISE_STD, rgb.shape), 0, 255).astype(np.uint8))
+        world.close()
+    except Exception as e:          # no MuJoCo, no EGL: the synthetic frames still measure the codecs
+        log(f"the twin cannot render here ({type(e).__name__}: {e}); using synthetic frames")
         return None
-    ep = render_episode(0, SceneConfig(height=height, width=width, fps=fps, episode_seconds=n / fps))
-    return {cam: frames[:n] for cam, frames in ep.images.items()}
+    return {cam: np.stack(out) for cam, out in frames.items()}
 
 
 def size_from_dataset(root: Path) -> tuple[int, int, int]:
@@ -108,7 +131,7 @@ def main() -> None:
     if args.root is not None:
         height, width, fps = size_from_dataset(args.root)
     sequences = None if args.synthetic else rendered_frames(args.frames, height, width, fps)
-    source = "sample_scene" if sequences else "synthetic"
+    source = "twin" if sequences else "synthetic"
     if sequences is None:
         sequences = {"synthetic": synthetic_frames(args.frames, height, width)}
     n_total = sum(len(s) for s in sequences.values())

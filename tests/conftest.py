@@ -25,14 +25,22 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("tiny") / "ds", episodes=3)
 
 
+SMALL_SAMPLE_EPISODES = 4
+
+
 @pytest.fixture(scope="session")
 def small_sample(tmp_path_factory) -> Path:
-    """The procedural sample at 48x64, 4 one-second episodes: RGB x2, depth, force, tip."""
-    from rlbench_sms.data.sample import build_sample
-    from rlbench_sms.data.sample_scene import SceneConfig
+    """The bundled sample (the twin's scripted expert) at 48x64: 4 one-second episodes of the
+    approach to the cube (the arm moves, the cube in view): RGB x2, depth, force, tip."""
+    from optional_deps import require_mujoco_rendering
 
+    require_mujoco_rendering()
+    from rlbench_sms.data.sample import SampleConfig, build_sample
+
+    config = SampleConfig(height=48, width=64, episode_seconds=1.0,
+                          cache_dir=str(tmp_path_factory.mktemp("sample_sim_cache")))
     root = tmp_path_factory.mktemp("small_sample") / "ds"
-    return build_sample(root, 4, SceneConfig(height=48, width=64, episode_seconds=1.0), show_progress=False)
+    return build_sample(root, SMALL_SAMPLE_EPISODES, config, show_progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,7 @@ PRIMARY_OF_GROUP = {
     "teleop": ("record", "teleoperate", "calibrate"),
     "camera": ("record",),
     "force_sensor": ("record",),
+    "tip": ("record",),
     "paths": ("record", "teleoperate", "replay", "train"),
     "sim": ("record", "teleoperate", "replay"),
     **{group: ("train",) for group in (

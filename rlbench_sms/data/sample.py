@@ -1,74 +1,91 @@
-"""Build the bundled sample dataset: the procedural cell rendered into a v3.0 dataset.
+"""Build the bundled sample dataset: the MuJoCo twin's scripted expert, recorded as ``record.py`` does.
 
-    python -m rlbench_sms.data.sample data/sample [--episodes 8] [--overwrite]
+    python -m rlbench_sms.data.sample data/sample [--episodes 8] [--seed 0] [--overwrite]
 
-Two RGB cameras (``front``, ``wrist``), depth aligned to ``front`` (uint16 mm, FFV1), a 6-axis
-wrist force, joint state and action, the object "tip" (the cube centre in the ``front`` camera
-frame, from the renderer's ground truth; a detector writes the same keys on real data), one task
-string. Built offline in seconds; the dataset is
-written to a sibling folder first and moved into place only when complete.
+It is ``python record.py robot=sim camera=sim force_sensor=sim tip=sim teleop=scripted
+sim.task=pick_place dataset.single_task="put the red cube in the bin"`` at a smaller image size:
+the same devices, recorder and writer, so the sample has exactly the schema of a twin recording
+(and of a real SO-100 + RealSense + force-sensor one): two RGB cameras (``front``, ``wrist``),
+depth aligned to ``front`` (uint16 mm, FFV1, intrinsics stored), the tared 6-axis wrist force
+with its raw stream, joint state and action, per-reading timing, and the object "tip" (the cube's
+centre in the ``front`` camera's frame, from the twin's ground truth: :mod:`rlbench_sms.sim.tip`;
+a detector writes the same keys on real data). Episode ``i`` is laid out from ``seed + i``.
+The dataset is recorded into a sibling folder and moved into place only when complete.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rlbench_sms.cli import CONF_DIR, doc_description
 
-from rlbench_sms.cli import doc_description
-from rlbench_sms.data.sample_scene import SceneConfig, render_episode
-from rlbench_sms.data.writer import DatasetWriter
-from rlbench_sms.features import (ACTION, FORCE, STATE, TIP_POSITION, TIP_VALID, depth_feature, depth_key,
-                                  force_feature, image_key, joint_feature, rgb_feature, tip_features)
-
-ROBOT_TYPE = "so100_follower"
-CAMERAS = ("front", "wrist")
-DEPTH_CAMERA = "front"
+# What record.py is given: the twin's devices, its ground-truth tip and its scripted expert.
+RECORD_CHOICES = ("robot=sim", "camera=sim", "force_sensor=sim", "tip=sim", "teleop=scripted")
 
 
-def sample_features(config: SceneConfig, intrinsics) -> list:
-    h, w = config.height, config.width
-    return [
-        joint_feature(STATE),
-        joint_feature(ACTION),
-        force_feature(),
-        *[rgb_feature(cam, h, w) for cam in CAMERAS],
-        depth_feature(DEPTH_CAMERA, h, w, intrinsics=intrinsics, aligned_to=DEPTH_CAMERA),
-        *tip_features(),
-    ]
+@dataclass
+class SampleConfig:
+    """What the sample records; everything else is conf/record.yaml's and conf/sim/default.yaml's."""
+
+    width: int = 320                  # both cameras (front RGB + depth, wrist RGB), pixels
+    height: int = 240
+    episode_seconds: float = 15.0     # the expert puts the cube in the bin in 12.5-14.5 s, then holds
+    task: str = "pick_place"          # sim.task
+    instruction: str = "put the red cube in the bin"   # dataset.single_task
+    cache_dir: str | None = None      # sim.cache_dir for the decimated meshes; None: the sim config's
 
 
-def build_sample(root: str | Path, episodes: int = 8, config: SceneConfig | None = None,
+class SampleError(RuntimeError):
+    """The recording of the sample failed (the recorder has already said why, in one line)."""
+
+
+def record_config(root: str | Path, episodes: int, config: SampleConfig, seed: int):
+    """The composed ``conf/record.yaml`` that records the sample into ``root``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("record", overrides=list(RECORD_CHOICES))
+    # Values set on the composed tree, not as override strings: paths and task text need no quoting.
+    with open_dict(cfg):
+        cfg.sim.update(task=config.task, seed=int(seed), width=int(config.width), height=int(config.height),
+                       wrist_width=int(config.width), wrist_height=int(config.height))
+        if config.cache_dir is not None:
+            cfg.sim.cache_dir = str(config.cache_dir)
+        cfg.dataset.update(root=str(root), single_task=config.instruction, num_episodes=int(episodes),
+                           episode_time_s=float(config.episode_seconds), reset_time_s=0.0, resume=False)
+    return cfg
+
+
+def build_sample(root: str | Path, episodes: int = 8, config: SampleConfig | None = None,
                  seed: int = 0, overwrite: bool = False, show_progress: bool = True) -> Path:
-    """Render ``episodes`` episodes and write them as a v3.0 dataset at ``root``."""
+    """Record ``episodes`` episodes of the twin's expert and write them as a v3.0 dataset at
+    ``root``; the recorder's status lines go to stderr with ``show_progress``."""
+    from rlbench_sms.runtime.keyboard import TerminalKeys
+    from rlbench_sms.runtime.record_app import record
+    from rlbench_sms.runtime.recorder import StatusLine
+
     root = Path(root)
-    config = config or SceneConfig()
+    config = config or SampleConfig()
     if root.exists() and not overwrite:
         raise FileExistsError(f"{root} exists (pass overwrite=True / --overwrite to rebuild it)")
     staging = root.with_name(root.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
-    first = render_episode(seed, config)
-    writer = DatasetWriter.create(staging, config.fps,
-                                  sample_features(config, first.intrinsics[DEPTH_CAMERA]),
-                                  robot_type=ROBOT_TYPE)
-    columns = [TextColumn("sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with writer, Progress(*columns, disable=not show_progress, transient=True) as progress:
-        bar = progress.add_task("episodes", total=episodes)
-        for ep in range(episodes):
-            episode = first if ep == 0 else render_episode(seed + ep, config)
-            for t in range(len(episode.state)):
-                frame = {STATE: episode.state[t], ACTION: episode.action[t], FORCE: episode.force[t],
-                         depth_key(DEPTH_CAMERA): episode.depth[DEPTH_CAMERA][t],
-                         # Ground truth is always "detected": the cube stays in the front view.
-                         TIP_POSITION: episode.object_position[t], TIP_VALID: np.array([True])}
-                frame.update({image_key(cam): episode.images[cam][t] for cam in CAMERAS})
-                writer.add_frame(frame, episode.task)
-            writer.save_episode()
-            progress.advance(bar)
+    cfg = record_config(staging, episodes, config, seed)
+    status = StatusLine(float(cfg.recording.status_interval_s), stream=None if show_progress else io.StringIO())
+    # Unattended: no keyboard (a key pressed in the terminal must not stop or redo an episode), and
+    # record()'s closing line would name the staging folder, so it is not shown.
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = record(cfg, keys=TerminalKeys(io.StringIO()), status=status)
+    if code:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SampleError(f"recording the sample into {staging} failed (exit {code})")
     shutil.rmtree(root, ignore_errors=True)
     staging.rename(root)
     return root
@@ -83,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = build_sample(args.root, args.episodes, seed=args.seed, overwrite=args.overwrite)
-    except FileExistsError as e:
+    except (FileExistsError, SampleError) as e:
         print(e, file=sys.stderr)
         return 1
     print(f"sample dataset written to {path}")

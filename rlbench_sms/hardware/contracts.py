@@ -184,3 +184,24 @@ class ForceSensor(Device):
     @abc.abstractmethod
     def read(self) -> ForceReading:
         """The latest tared value and every raw sample since the previous read."""
+
+
+@dataclass(frozen=True)
+class SensorReading:
+    """A :class:`Sensor`'s values by feature key (shapes and dtypes of its features) at ``timestamp``."""
+
+    values: dict[str, np.ndarray]
+    timestamp: float
+
+
+class Sensor(Device):
+    """Any other source of per-tick feature columns (the twin's ground-truth object tip, a live
+    detector): the recorder stores what :meth:`read` gives under the keys of :meth:`features`."""
+
+    @abc.abstractmethod
+    def features(self) -> list[FeatureSpec]:
+        """The dataset features this sensor fills (schemas known without hardware)."""
+
+    @abc.abstractmethod
+    def read(self) -> SensorReading:
+        """The values now, one per feature key."""

@@ -21,7 +21,8 @@ from rlbench_sms.data.writer import DatasetWriter
 from rlbench_sms.features import FeatureSpec, is_reading_timing_key
 from rlbench_sms.hardware.contracts import HardwareError
 from rlbench_sms.runtime.clock import clock_of
-from rlbench_sms.runtime.recorder import Recorder, RecordingConfig, recording_features
+from rlbench_sms.runtime.keyboard import TerminalKeys
+from rlbench_sms.runtime.recorder import Recorder, RecordingConfig, StatusLine, recording_features
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,9 @@ def open_dataset(root: Path, fps: int, features: list[FeatureSpec], robot_type: 
     return writer
 
 
-def record(cfg: DictConfig) -> int:
-    """Run a recording session from a composed ``conf/record.yaml``."""
+def record(cfg: DictConfig, keys: TerminalKeys | None = None, status: StatusLine | None = None) -> int:
+    """Run a recording session from a composed ``conf/record.yaml``; ``keys`` and ``status``
+    replace the terminal's (a builder that records unattended: ``rlbench_sms.data.sample``)."""
     problem = check_required(cfg)     # every `???` left unset (port, serial, task), one line
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -77,6 +79,7 @@ def record(cfg: DictConfig) -> int:
     teleop = instantiate(cfg.teleop)
     cameras = {name: instantiate(c) for name, c in (cfg.get("cameras") or {}).items()}
     force_sensor = instantiate(cfg.force_sensor) if cfg.get("force_sensor") else None
+    sensors = [instantiate(cfg.tip)] if cfg.get("tip") else []
     root = Path(cfg.dataset.root)
     config = RecordingConfig(single_task=task, fps=int(cfg.fps),
                              num_episodes=int(cfg.dataset.num_episodes),
@@ -94,18 +97,19 @@ def record(cfg: DictConfig) -> int:
         with contextlib.ExitStack() as stack:
             if display is not None:
                 stack.enter_context(display)    # closed last: never waits past its timeout
-            devices = [robot, teleop, *cameras.values()] + ([force_sensor] if force_sensor else [])
+            devices = [robot, teleop, *cameras.values()] + ([force_sensor] if force_sensor else []) + sensors
             for device in devices:
                 stack.enter_context(device)
             # Schemas after connecting: a RealSense reports its real intrinsics only then.
-            features = recording_features(robot, cameras, force_sensor)
+            features = recording_features(robot, cameras, force_sensor, sensors)
             writer = open_dataset(root, config.fps, features,
                                   getattr(robot, "robot_type", robot.name), bool(cfg.dataset.resume),
                                   instantiate(cfg.dataset.video), instantiate(cfg.dataset.depth))
             stack.enter_context(writer)
             # The twin's simulated time when a sim device owns it, else the wall clock.
-            summary = Recorder(robot, teleop, cameras, force_sensor, writer, config,
-                               display=display, clock=clock_of(devices)).run()
+            summary = Recorder(robot, teleop, cameras, force_sensor, writer, config, keys=keys,
+                               display=display, status=status, clock=clock_of(devices),
+                               sensors=sensors).run()
     except (DatasetError, HardwareError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -34,7 +34,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +44,7 @@ from rlbench_sms.data.writer import DatasetWriter
 from rlbench_sms.features import (ACTION, CAPTURE_TIME, FORCE, FORCE_AGE, LATE, STATE, FeatureSpec,
                                   camera_age_key, camera_device_time_key, depth_key, image_key,
                                   timing_features)
-from rlbench_sms.hardware.contracts import Camera, Device, ForceSensor, HardwareError, Robot, Teleop
+from rlbench_sms.hardware.contracts import Camera, Device, ForceSensor, HardwareError, Robot, Sensor, Teleop
 from rlbench_sms.runtime.clock import Clock, LoopStats, LoopTimer, clock_of
 from rlbench_sms.runtime.keyboard import HELP, Command, TerminalKeys
 
@@ -91,13 +91,15 @@ class RecordingSummary:
 
 
 def recording_features(robot: Robot, cameras: Mapping[str, Camera],
-                       force_sensor: ForceSensor | None) -> list[FeatureSpec]:
+                       force_sensor: ForceSensor | None, sensors: Sequence[Sensor] = ()) -> list[FeatureSpec]:
     """The dataset schema of a recording, from the devices' schemas (no hardware needed)."""
     features = [robot.state_feature(), robot.action_feature()]
     for name, camera in cameras.items():
         features += camera.features(name)
     if force_sensor is not None:
         features.append(force_sensor.feature())
+    for sensor in sensors:
+        features += sensor.features()
     device_clocks = {name: bool(getattr(camera, "has_device_clock", False))
                      for name, camera in cameras.items()}
     return features + timing_features(device_clocks, force_sensor is not None)
@@ -172,8 +174,10 @@ class Recorder:
     def __init__(self, robot: Robot, teleop: Teleop, cameras: Mapping[str, Camera],
                  force_sensor: ForceSensor | None, writer: DatasetWriter, config: RecordingConfig,
                  keys: TerminalKeys | None = None, display: Callable[[dict], None] | None = None,
-                 status: StatusLine | None = None, clock: Clock | None = None):
+                 status: StatusLine | None = None, clock: Clock | None = None,
+                 sensors: Sequence[Sensor] = ()):
         self.robot, self.teleop = robot, teleop
+        self.sensors = list(sensors)          # other per-tick columns (the twin's object tip)
         self.cameras = dict(cameras)
         self.force_sensor = force_sensor
         self.writer = writer
@@ -183,7 +187,7 @@ class Recorder:
         self.status = status or StatusLine(config.status_interval_s)
         # Hooks are called in this order, and later metadata wins on a shared key.
         self.devices: list[Device] = [robot, teleop, *self.cameras.values()] + (
-            [force_sensor] if force_sensor is not None else [])
+            [force_sensor] if force_sensor is not None else []) + self.sensors
         self.clock = clock if clock is not None else clock_of(self.devices)
         self.timer = LoopTimer(config.fps, config.late_threshold_s, self.clock)
         self._force_raw: list[np.ndarray] = []
@@ -223,6 +227,8 @@ class Recorder:
             if record and force.raw.size:
                 self._force_raw.append(force.raw)
                 self._force_raw_t.append(force.raw_timestamps - t0)
+        for sensor in self.sensors:
+            frame.update(sensor.read().values)
         action = self.teleop.get_action().positions
         self.robot.send_action(action)
         frame[ACTION] = action
