@@ -144,7 +144,7 @@ def test_resume_continues_at_the_same_step_with_the_same_data(small_sample, mode
     train(cfg)
     a, step_a = _weights(straight / "checkpoints" / "last.ckpt")
     b, step_b = _weights(resumed / "checkpoints" / "last.ckpt")
-    assert step_a == step_b == 4
+    assert (step_a, step_b) == (4, 4)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 

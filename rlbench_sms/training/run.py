@@ -105,8 +105,9 @@ def fit(cfg: DictConfig, plan: TrainPlan) -> dict[str, Any]:
         if isinstance(cb, ExportPolicy):
             result["export_dir"] = str(cb.dirpath / "best") if cb.best_score is not None else str(cb.dirpath / "last")
             result["metrics"][f"best/{cb.monitor}"] = cb.best_score
-        if type(cb).__name__ == "ModelCheckpoint" and getattr(cb, "last_model_path", ""):
-            result["last_checkpoint"] = cb.last_model_path
+        # The metric-free checkpoint is the latest state (conf/callbacks: last_checkpoint).
+        if type(cb).__name__ == "ModelCheckpoint" and cb.monitor is None and cb.best_model_path:
+            result["last_checkpoint"] = cb.best_model_path
     return result
 
 
