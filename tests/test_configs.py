@@ -289,3 +289,11 @@ def test_the_checks_catch_a_broken_file(tmp_path):
     train.trainer.strategy = "fsdpp"
     with pytest.raises(AssertionError, match="fsdpp"):
         check_trainer(train)
+
+
+def test_teleoperating_the_twin_keeps_to_the_wall_clock():
+    """A person moves the leader: the twin must not run simulated time ahead of them."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        teleop = compose("teleoperate", overrides=["robot=sim"])
+        record = compose("record", overrides=["robot=sim", "dataset.single_task=x"])
+    assert teleop.sim.realtime is True and record.sim.realtime is False
