@@ -105,7 +105,7 @@ def test_hydra_instantiate_with_plain_fields(sim, cal_dir):
                                        "port": sim.port, "id": "arm", "calibration_dir": cal_dir,
                                        "max_relative_target": {m: 10 for m in MOTOR_IDS}}})
     robot = instantiate(cfg)
-    assert robot.config.port == sim.port and robot._max_relative.tolist() == [10.0] * 6
+    assert robot.config.port == sim.port and robot._limits.max_relative.tolist() == [10.0] * 6
     assert OmegaConf.is_missing(OmegaConf.structured(SO100FollowerConfig), "port")   # required
 
 

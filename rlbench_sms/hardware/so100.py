@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -154,6 +154,40 @@ def parse_max_relative_target(value: Any) -> np.ndarray | None:
     return limits
 
 
+class ActionLimits:
+    """A follower's safety clipping of joint commands, shared by the SO-100 and its MuJoCo twin:
+    a command is checked (six finite values), clipped to the joints' range, then to the present
+    position +- ``max_relative_target`` (action units: degrees, gripper 0-100), as LeRobot does.
+    """
+
+    def __init__(self, device: str, max_relative_target: Any):
+        self.device = device
+        self.max_relative = parse_max_relative_target(max_relative_target)
+        self.low: np.ndarray | None = None      # the joints' range in action units, once known
+        self.high: np.ndarray | None = None
+        self.clipped_steps = 0                  # commands shortened by max_relative_target so far
+
+    def apply(self, action: Any, present: Callable[[], np.ndarray]) -> np.ndarray:
+        """The goal to send (float64); ``present`` reads the joints, only when a step limit is set."""
+        goal = np.asarray(action, dtype=np.float64).reshape(-1)
+        if goal.shape != (len(SO100_MOTORS),):
+            raise ValueError(f"{self.device}: action must have {len(SO100_MOTORS)} values "
+                             f"{list(SO100_JOINT_NAMES)}, got shape {np.shape(action)}")
+        if not np.all(np.isfinite(goal)):
+            raise ValueError(f"{self.device}: refusing a non-finite action {goal.tolist()}")
+        goal = np.clip(goal, self.low, self.high)
+        if self.max_relative is None:
+            return goal
+        now = np.asarray(present(), dtype=np.float64)
+        clipped = np.clip(goal, now - self.max_relative, now + self.max_relative)
+        if not np.array_equal(clipped, goal):
+            self.clipped_steps += 1
+            level = logging.WARNING if self.clipped_steps == 1 else logging.DEBUG
+            log.log(level, "%s: action clipped by max_relative_target (from %s to %s)",
+                    self.device, np.round(goal, 2).tolist(), np.round(clipped, 2).tolist())
+        return clipped
+
+
 def _make_config(cls, config, fields_given: dict):
     if config is None:
         return cls(**fields_given)
@@ -265,14 +299,17 @@ class SO100Follower(_SOArm, Robot):
 
     def __init__(self, config: SO100FollowerConfig | Mapping | None = None, **fields_given):
         self._setup(_make_config(SO100FollowerConfig, config, fields_given))
-        self._max_relative = parse_max_relative_target(self.config.max_relative_target)
-        self._unit_low = self._unit_high = None
+        self._limits = ActionLimits(self.name, self.config.max_relative_target)
         self._comm_lost = False
-        self.clipped_steps = 0          # commands shortened by max_relative_target so far
+
+    @property
+    def clipped_steps(self) -> int:
+        """Commands shortened by ``max_relative_target`` so far."""
+        return self._limits.clipped_steps
 
     def connect(self) -> None:
         self._open()
-        self._unit_low, self._unit_high = self._normalizer.unit_limits()
+        self._limits.low, self._limits.high = self._normalizer.unit_limits()
         self._comm_lost = False
 
     def _configure(self) -> None:
@@ -313,22 +350,7 @@ class SO100Follower(_SOArm, Robot):
         """Command joint targets (deg, gripper 0-100); returns what was sent after clipping to the
         calibrated range and to ``max_relative_target`` around the present position."""
         self._require_connected()
-        goal = np.asarray(action, dtype=np.float64).reshape(-1)
-        if goal.shape != (len(SO100_MOTORS),):
-            raise ValueError(f"{self.name}: action must have {len(SO100_MOTORS)} values "
-                             f"{list(SO100_JOINT_NAMES)}, got shape {np.shape(action)}")
-        if not np.all(np.isfinite(goal)):
-            raise ValueError(f"{self.name}: refusing a non-finite action {goal.tolist()}")
-        goal = np.clip(goal, self._unit_low, self._unit_high)
-        if self._max_relative is not None:
-            present = self.read_joints().positions.astype(np.float64)
-            clipped = np.clip(goal, present - self._max_relative, present + self._max_relative)
-            if not np.array_equal(clipped, goal):
-                self.clipped_steps += 1
-                level = logging.WARNING if self.clipped_steps == 1 else logging.DEBUG
-                log.log(level, "%s: action clipped by max_relative_target (from %s to %s)",
-                        self.name, np.round(goal, 2).tolist(), np.round(clipped, 2).tolist())
-            goal = clipped
+        goal = self._limits.apply(action, lambda: self.read_joints().positions)
         try:
             self._bus.sync_write("Goal_Position", self._normalizer.to_raw(goal))
         except BusCommunicationError as error:

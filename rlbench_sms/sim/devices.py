@@ -15,7 +15,6 @@ frame, tared.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -27,10 +26,9 @@ from rlbench_sms.features import (FORCE_TORQUE_NAMES, SO100_JOINT_NAMES, SO100_M
                                   joint_feature, rgb_feature)
 from rlbench_sms.hardware.contracts import (Camera, CameraFrame, ForceReading, ForceSensor,
                                             HardwareError, JointReading, Robot)
-from rlbench_sms.hardware.so100 import parse_max_relative_target
+from rlbench_sms.hardware.so100 import ActionLimits, parse_max_relative_target
 from rlbench_sms.sim.config import SimConfig, SimConfigError, parse_sim_config
 
-log = logging.getLogger(__name__)
 
 GRIPPER_SPAN = 100.0                 # dataset units of the gripper: 0 closed .. 100 open
 DEPTH_SCALE_M = 0.001                # stored depth unit: millimetres
@@ -143,11 +141,15 @@ class SimRobot(_SimDevice, Robot):
     def __init__(self, world: Mapping | Any, config: SimRobotConfig | Mapping | None = None, **given):
         self.name = "sim so101 follower"
         self.config = _make_config(SimRobotConfig, config, given)
-        self._max_relative = parse_max_relative_target(self.config.max_relative_target)
+        self._limits = ActionLimits(self.name, self.config.max_relative_target)
         self._setup_world(world)
         self.clock = None
-        self.clipped_steps = 0          # commands shortened by max_relative_target so far
         self.detector = None            # the episode's success detector (start_episode .. end_episode)
+
+    @property
+    def clipped_steps(self) -> int:
+        """Commands shortened by ``max_relative_target`` so far."""
+        return self._limits.clipped_steps
 
     def state_feature(self) -> FeatureSpec:
         return joint_feature(STATE, SO100_JOINT_NAMES)
@@ -158,8 +160,8 @@ class SimRobot(_SimDevice, Robot):
     def connect(self) -> None:
         world = self._open_world()
         self.clock = world.clock
-        self._unit_low = radians_to_units(world, world.arm_joint_range[:, 0])
-        self._unit_high = radians_to_units(world, world.arm_joint_range[:, 1])
+        self._limits.low = radians_to_units(world, world.arm_joint_range[:, 0])
+        self._limits.high = radians_to_units(world, world.arm_joint_range[:, 1])
 
     def disconnect(self) -> None:
         self.world = None
@@ -175,22 +177,7 @@ class SimRobot(_SimDevice, Robot):
     def send_action(self, action: np.ndarray) -> np.ndarray:
         """Command joint targets (deg, gripper 0-100); returns what was sent after clipping."""
         world = self._require_world()
-        goal = np.asarray(action, dtype=np.float64).reshape(-1)
-        if goal.shape != (len(SO100_MOTORS),):
-            raise ValueError(f"{self.name}: action must have {len(SO100_MOTORS)} values "
-                             f"{list(SO100_JOINT_NAMES)}, got shape {np.shape(action)}")
-        if not np.all(np.isfinite(goal)):
-            raise ValueError(f"{self.name}: refusing a non-finite action {goal.tolist()}")
-        goal = np.clip(goal, self._unit_low, self._unit_high)
-        if self._max_relative is not None:
-            present = self.read_joints().positions.astype(np.float64)
-            clipped = np.clip(goal, present - self._max_relative, present + self._max_relative)
-            if not np.array_equal(clipped, goal):
-                self.clipped_steps += 1
-                level = logging.WARNING if self.clipped_steps == 1 else logging.DEBUG
-                log.log(level, "%s: action clipped by max_relative_target (from %s to %s)",
-                        self.name, np.round(goal, 2).tolist(), np.round(clipped, 2).tolist())
-            goal = clipped
+        goal = self._limits.apply(action, lambda: self.read_joints().positions)
         world.set_arm_ctrl(units_to_radians(world, goal))
         if self.detector is not None:
             self.detector.observe()
