@@ -49,6 +49,8 @@ bench: install $(SAMPLE)/meta/info.json
 	$(PY) benchmarks/video_codec.py $(SAMPLE)
 	$(PY) benchmarks/dataloader.py $(SAMPLE) --modality rgb+depth+force
 	$(PY) benchmarks/train_throughput.py --dataset $(SAMPLE)
+	$(PY) benchmarks/sim_step.py
+	$(PY) benchmarks/expert_success.py
 
 $(SAMPLE)/meta/info.json: | install
 	$(PY) -m rlbench_sms.data.sample $(SAMPLE)
