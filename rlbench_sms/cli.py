@@ -31,6 +31,7 @@ from omegaconf import DictConfig, ListConfig
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130       # the shell's code for a process ended by Ctrl-C
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EXAMPLES_FILE = CONF_DIR / "required_examples.yaml"
 FULL_ERROR_HINT = "(full traceback: HYDRA_FULL_ERROR=1)"
@@ -241,6 +242,9 @@ def run_checked(body: Callable[[], int | None], cfg: DictConfig, failure: str,
         return EXIT_CONFIG
     try:
         return int(body() or 0)
+    except KeyboardInterrupt:              # before or after what handles Ctrl-C itself (the loop)
+        print(f"{failure.split()[0]} stopped (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -234,6 +234,7 @@ def test_ctrl_c_during_a_display_recording_saves_and_exits_0(tmp_path):
            "dataset.video.vcodec=h264", "dataset.video.crf=23", "dataset.video.preset=ultrafast", *small]
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "WAYLAND_SOCKET")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONFAULTHANDLER"] = "1"         # SIGABRT on a hang dumps every thread's stack
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True, env=env)
     try:
@@ -244,7 +245,12 @@ def test_ctrl_c_during_a_display_recording_saves_and_exits_0(tmp_path):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(1.0)                                   # some more frames
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            err = proc.communicate(timeout=30)[1]
+            pytest.fail(f"record.py did not exit within 60 s of Ctrl-C; its threads:\n{err[-6000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -180,3 +180,12 @@ def test_a_command_line_that_does_not_compose_is_one_line(args, says, tmp_path):
     line = only_line(proc.stderr)
     assert line.startswith("error: ") and all(s in line for s in says), line
     assert not (tmp_path / "outputs").exists()             # stopped before Hydra made a run folder
+
+
+def test_ctrl_c_outside_the_loop_is_one_line_and_exit_130(capsys):
+    """Ctrl-C while devices connect or a model loads: no KeyboardInterrupt traceback."""
+    def body():
+        raise KeyboardInterrupt
+
+    assert run_checked(body, OmegaConf.create({}), "recording failed") == 130
+    assert capsys.readouterr().err.strip() == "recording stopped (Ctrl-C)"
