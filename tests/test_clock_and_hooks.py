@@ -383,3 +383,19 @@ def test_teleoperate_and_replay_run_on_the_robot_clock():
     assert teleop_end == pytest.approx((10 * FPS - 1) / FPS)
     assert stats.ticks == 10 * FPS and stats.duration_s == pytest.approx((10 * FPS - 1) / FPS)
     assert stats.late_ticks == 0
+
+
+def test_a_reading_on_another_clock_than_the_loop_is_refused_in_one_line():
+    """A mock camera beside the twin's robot stamps the wall clock while the loop runs on
+    simulated time: the ages stored against the tick would be nonsense."""
+    from rlbench_sms.hardware.mock import MockCamera
+    from rlbench_sms.runtime.recorder import check_time_bases
+
+    class SimulatedClock(FakeClock):
+        time_base = "sim"
+
+    with pytest.raises(HardwareError) as info:
+        check_time_bases(SimulatedClock(), {"front": MockCamera()}, MockForceSensor())
+    assert str(info.value).startswith("cameras.front, force_sensor: stamped on monotonic time while "
+                                      "the loop runs on sim time") and "camera=sim" in str(info.value)
+    check_time_bases(WallClock(), {"front": MockCamera()}, MockForceSensor())     # same clock: fine

@@ -83,6 +83,9 @@ class Device(abc.ABC):
     # True when start_episode puts the scene back by itself (a simulator): the recorder then has
     # no reset phase between episodes, which only gives a person time to reset the real scene.
     resets_scene: bool = False
+    # The axis this device's timestamps are on: "monotonic" (hardware, mocks) or "sim" (the twin).
+    # The recorder refuses a camera or sensor stamped on another axis than the loop's clock.
+    time_base: str = "monotonic"
 
     def start_episode(self, index: int) -> dict[str, Any]:
         """Called by the recorder before the first tick of episode ``index`` (the index it will

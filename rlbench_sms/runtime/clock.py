@@ -21,7 +21,12 @@ import numpy as np
 
 
 class Clock(Protocol):
-    """Where a loop reads the time and waits for a deadline (seconds, one axis per clock)."""
+    """Where a loop reads the time and waits for a deadline (seconds, one axis per clock).
+
+    ``time_base`` names the axis (``"monotonic"``, ``"sim"``): a reading stamped on another axis
+    than the loop's cannot be aged against the tick (see ``Device.time_base``)."""
+
+    time_base: str
 
     def now(self) -> float:
         """Seconds: monotonic for hardware, simulated time for the twin."""
@@ -34,6 +39,8 @@ class Clock(Protocol):
 
 class WallClock:
     """The host's monotonic clock; waiting really sleeps."""
+
+    time_base = "monotonic"
 
     def now(self) -> float:
         return time.monotonic()

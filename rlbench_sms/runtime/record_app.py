@@ -22,7 +22,8 @@ from rlbench_sms.features import FeatureSpec, is_reading_timing_key
 from rlbench_sms.hardware.contracts import HardwareError
 from rlbench_sms.runtime.clock import clock_of
 from rlbench_sms.runtime.keyboard import TerminalKeys
-from rlbench_sms.runtime.recorder import Recorder, RecordingConfig, StatusLine, recording_features
+from rlbench_sms.runtime.recorder import (Recorder, RecordingConfig, StatusLine, check_time_bases,
+                                          recording_features)
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +101,18 @@ def record(cfg: DictConfig, keys: TerminalKeys | None = None, status: StatusLine
             devices = [robot, teleop, *cameras.values()] + ([force_sensor] if force_sensor else []) + sensors
             for device in devices:
                 stack.enter_context(device)
+            # The twin's simulated time when a sim device owns it, else the wall clock; every
+            # stored reading must be stamped on it (checked before a dataset is created).
+            clock = clock_of(devices)
+            check_time_bases(clock, cameras, force_sensor, sensors)
             # Schemas after connecting: a RealSense reports its real intrinsics only then.
             features = recording_features(robot, cameras, force_sensor, sensors)
             writer = open_dataset(root, config.fps, features,
                                   getattr(robot, "robot_type", robot.name), bool(cfg.dataset.resume),
                                   instantiate(cfg.dataset.video), instantiate(cfg.dataset.depth))
             stack.enter_context(writer)
-            # The twin's simulated time when a sim device owns it, else the wall clock.
             summary = Recorder(robot, teleop, cameras, force_sensor, writer, config, keys=keys,
-                               display=display, status=status, clock=clock_of(devices),
+                               display=display, status=status, clock=clock,
                                sensors=sensors).run()
     except (DatasetError, HardwareError) as error:
         print(f"error: {error}", file=sys.stderr)

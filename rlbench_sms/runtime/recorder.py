@@ -132,6 +132,22 @@ def hook_metadata(device: Device, hook: str, values: Any, allow_task: bool) -> d
     return checked
 
 
+def check_time_bases(clock: Clock, cameras: Mapping[str, Camera], force_sensor: ForceSensor | None,
+                     sensors: Sequence[Sensor] = ()) -> None:
+    """Refuse, in one line, a camera or sensor stamped on another clock than the loop's (a mock
+    camera beside the twin's robot): its readings' ages against the tick would be nonsense."""
+    loop = getattr(clock, "time_base", "monotonic")
+    readers = {f"cameras.{name}": camera for name, camera in cameras.items()}
+    if force_sensor is not None:
+        readers["force_sensor"] = force_sensor
+    readers.update({getattr(sensor, "name", type(sensor).__name__): sensor for sensor in sensors})
+    other = {key: d.time_base for key, d in readers.items() if getattr(d, "time_base", "monotonic") != loop}
+    if other:
+        hint = "; record the twin with its own devices (camera=sim force_sensor=sim)" if loop == "sim" else ""
+        raise HardwareError(", ".join(other), f"stamped on {next(iter(other.values()))} time while the "
+                                              f"loop runs on {loop} time{hint}")
+
+
 class StatusLine:
     """One live line on a terminal; periodic log lines otherwise."""
 
@@ -189,6 +205,7 @@ class Recorder:
         self.devices: list[Device] = [robot, teleop, *self.cameras.values()] + (
             [force_sensor] if force_sensor is not None else []) + self.sensors
         self.clock = clock if clock is not None else clock_of(self.devices)
+        check_time_bases(self.clock, self.cameras, self.force_sensor, self.sensors)
         self.timer = LoopTimer(config.fps, config.late_threshold_s, self.clock)
         self._force_raw: list[np.ndarray] = []
         self._force_raw_t: list[np.ndarray] = []

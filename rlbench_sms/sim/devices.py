@@ -55,6 +55,8 @@ def _make_config(cls, config, given: dict):
 class _SimDevice:
     """What the sim devices share: the world (built or taken from the shared cache at connect)."""
 
+    time_base = "sim"                  # readings are stamped with the world's simulated time
+
     def _setup_world(self, world) -> None:
         from rlbench_sms.sim.world import SimWorld
 

@@ -51,6 +51,8 @@ class SimClock:
     ``now() >= t``; with ``realtime`` it also keeps the simulated time from running ahead of the
     wall clock (a loop that falls behind is re-anchored, not made to catch up)."""
 
+    time_base = "sim"
+
     def __init__(self, world: "SimWorld", realtime: bool = False):
         self._world = world
         self.realtime = realtime
