@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from stub_devices import ConnectFlag
 from rlbench_sms.data.metadata import DatasetMeta
 from rlbench_sms.data.reader import DatasetReader
 from rlbench_sms.data.validate import validate
@@ -81,7 +82,7 @@ class HookedTeleop(MockTeleop):
         return {"expert/plan": "grasp,lift"}
 
 
-class FakeCamera(Camera):
+class FakeCamera(ConnectFlag, Camera):
     """A tiny RGB camera whose frames are taken at the moment they are read, on the fake clock."""
 
     name = "fake camera"
@@ -90,16 +91,6 @@ class FakeCamera(Camera):
         self.clock, self.events = clock, events
         self._connected = False
         self._image = np.full((16, 16, 3), 128, np.uint8)
-
-    def connect(self):
-        self._connected = True
-
-    def disconnect(self):
-        self._connected = False
-
-    @property
-    def is_connected(self):
-        return self._connected
 
     def features(self, camera_name):
         return [rgb_feature(camera_name, 16, 16)]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from optional_deps import import_or_skip_native
 
+from stub_devices import ConnectFlag
 from rlbench_sms.data.metadata import DatasetMeta
 from rlbench_sms.data.reader import DatasetReader
 from rlbench_sms.data.validate import validate
@@ -45,7 +46,7 @@ class ClockedRobot(MockRobot):
         return reading
 
 
-class LaggingCamera(Camera):
+class LaggingCamera(ConnectFlag, Camera):
     """Hands out, at tick k, a frame captured FRAME_LAG[k] before the tick, which its driver
     stamped DEVICE_LEAD[k] before that (a camera with a device clock)."""
 
@@ -58,16 +59,6 @@ class LaggingCamera(Camera):
     def features(self, camera_name):
         return [rgb_feature(camera_name, 16, 16)]
 
-    def connect(self):
-        self._connected = True
-
-    def disconnect(self):
-        self._connected = False
-
-    @property
-    def is_connected(self):
-        return self._connected
-
     def read(self, timeout_s):
         raise AssertionError("the recorder reads with read_latest")
 
@@ -78,7 +69,7 @@ class LaggingCamera(Camera):
                            device_clock="hardware_clock")
 
 
-class LaggingForce(ForceSensor):
+class LaggingForce(ConnectFlag, ForceSensor):
     """A force reading whose newest sample is FORCE_LAG[k] older than tick k."""
 
     name = "lagging force"
@@ -89,16 +80,6 @@ class LaggingForce(ForceSensor):
     def feature(self):
         from rlbench_sms.features import force_feature
         return force_feature()
-
-    def connect(self):
-        self._connected = True
-
-    def disconnect(self):
-        self._connected = False
-
-    @property
-    def is_connected(self):
-        return self._connected
 
     def tare(self):
         return np.zeros(6, np.float32)
