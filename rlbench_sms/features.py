@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 STATE = "observation.state"
 ACTION = "action"
 FORCE = "observation.force"
@@ -37,6 +39,8 @@ TIP_POSITION = "observation.tip.position"
 TIP_VALID = "observation.tip.valid"
 IMAGES_PREFIX = "observation.images."
 DEPTH_SUFFIX = "_depth"
+# A windowed feature's flag of steps outside the episode (``action_is_pad``, ``observation.force_is_pad``).
+PAD_SUFFIX = "_is_pad"
 
 # Columns LeRobot adds to every frame row (its DEFAULT_FEATURES); written by the dataset writer.
 TIMESTAMP = "timestamp"
@@ -140,6 +144,16 @@ def is_camera_key(key: str) -> bool:
 
 def is_depth_key(key: str) -> bool:
     return is_camera_key(key) and key.endswith(DEPTH_SUFFIX)
+
+
+def channels_first(frame: np.ndarray) -> np.ndarray:
+    """A camera frame in dataset/device layout -> the policy's: (H, W) or (H, W, 1) depth ->
+    (1, H, W); (H, W, 3) RGB -> (3, H, W). Contiguous, dtype unchanged."""
+    if frame.ndim == 2:
+        return np.ascontiguousarray(frame[None])
+    if frame.ndim == 3:
+        return np.ascontiguousarray(frame.transpose(2, 0, 1))
+    raise ValueError(f"a camera frame has 2 or 3 dimensions (H, W[, C]), got shape {frame.shape}")
 
 
 def camera_of(key: str) -> str:

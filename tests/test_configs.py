@@ -30,17 +30,18 @@ from rlbench_sms.cli import EXAMPLES_FILE, example_for, examples, key_matches, m
 from rlbench_sms.hardware.contracts import Camera, ForceSensor, Robot, Teleop
 
 CONF = Path(__file__).parent.parent / "conf"
-DEVICE_PRIMARIES = ("record", "teleoperate", "replay", "calibrate")
+DEVICE_PRIMARIES = ("record", "teleoperate", "replay", "calibrate", "evaluate")
 
 # Which primary configs select each group (a new group fails test_every_group_is_mapped...).
 PRIMARY_OF_GROUP = {
-    "robot": ("record", "teleoperate", "replay", "calibrate"),
+    "robot": ("record", "teleoperate", "replay", "calibrate", "evaluate"),
     "teleop": ("record", "teleoperate", "calibrate"),
-    "camera": ("record",),
-    "force_sensor": ("record",),
-    "tip": ("record",),
-    "paths": ("record", "teleoperate", "replay", "train"),
-    "sim": ("record", "teleoperate", "replay"),
+    "camera": ("record", "evaluate"),
+    "force_sensor": ("record", "evaluate"),
+    "tip": ("record", "evaluate"),
+    "inference": ("evaluate",),
+    "paths": ("record", "teleoperate", "replay", "train", "evaluate"),
+    "sim": ("record", "teleoperate", "replay", "evaluate"),
     **{group: ("train",) for group in (
         "dataset", "policy", "policy/branch/depth", "policy/branch/force", "policy/branch/tip",
         "modality", "trainer", "callbacks", "logger", "hydra", "experiment", "hparams_search", "debug")},

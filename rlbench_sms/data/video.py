@@ -508,19 +508,24 @@ class _CopyTarget:
     def __exit__(self, *exc: Any) -> None:
         self.out.close()
 
-    def copy(self, path: Path, scan: _Scan, start: Fraction, end_pts: int | None = None) -> None:
+    def copy(self, path: Path, scan: _Scan, start: Fraction, end_pts: int | None = None,
+             begin_pts: int | None = None) -> None:
         """Append ``path``'s packets so that its first frame is at ``start`` seconds.
 
-        With ``end_pts``, only packets presented before it (input time base) are copied.
+        With ``end_pts``, only packets presented before it (input time base) are copied; with
+        ``begin_pts``, only those presented from it on (and that one lands at ``start``).
         """
         with av.open(str(path)) as src:
             stream = src.streams.video[0]
             offset = start / Fraction(stream.time_base)     # ticks of this input's time base
-            shift = round(offset) - scan.first_pts          # exact: the tb is 1/(fps*2^k)
+            first = scan.first_pts if begin_pts is None else begin_pts
+            shift = round(offset) - first                   # exact: the tb is 1/(fps*2^k)
             for packet in src.demux(stream):
                 if packet.size == 0 or packet.pts is None:
                     continue
                 if end_pts is not None and packet.pts >= end_pts:
+                    continue
+                if begin_pts is not None and packet.pts < begin_pts:
                     continue
                 packet.pts += shift
                 if packet.dts is not None:
@@ -564,6 +569,31 @@ def truncate_video(path: Path | str, num_frames: int, output: Path | str) -> Non
     end_pts = scan.first_pts + round(Fraction(num_frames) / scan.rate / scan.probe.time_base)
     with _CopyTarget(Path(output), path) as target:
         target.copy(path, scan, Fraction(0), end_pts=end_pts)
+
+
+def copy_segment(path: Path | str, start_s: float, end_s: float, output: Path | str) -> int:
+    """Stream-copy the frames of ``path`` presented in [``start_s``, ``end_s``) into their own mp4,
+    the first at 0 s (one episode out of a concatenated file: each episode was encoded on its own,
+    starting with a keyframe, so the copy needs no re-encoding). Returns the frames copied; the
+    output is replaced atomically."""
+    path = Path(path)
+    scan = _scan(path)
+    tb = scan.probe.time_base
+    # Presentation times are pts * time base (frame_times); half a frame of slack, since a span's
+    # bounds are frame times stored as floats.
+    half = Fraction(1, 2) / scan.rate
+    begin = round((Fraction(start_s) - half) / tb)
+    end = round((Fraction(end_s) - half) / tb)
+    count = sum(1 for t in frame_times(path) if start_s - float(half) <= t < end_s - float(half))
+    if count == 0:
+        raise ValueError(f"{path}: no frame in [{start_s:g}, {end_s:g}) s")
+
+    def write(tmp: Path) -> None:
+        with _CopyTarget(tmp, path) as target:
+            target.copy(path, scan, Fraction(0), end_pts=end, begin_pts=max(begin, scan.first_pts))
+
+    atomic_write(Path(output), write)
+    return count
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -142,14 +142,29 @@ class Robot(Device):
         """Command joint targets; returns what was actually sent (after safety clipping)."""
 
 
-class Teleop(Device):
-    """A leader arm (or any device) producing joint targets for the follower."""
+class ActionSource(Device):
+    """What drives the follower in the control loop: a teleop device, or a policy runner
+    (:mod:`rlbench_sms.runtime.policy_runner`). The loop never knows which."""
 
     @abc.abstractmethod
     def action_feature(self) -> FeatureSpec: ...
 
     @abc.abstractmethod
+    def next_action(self, observation: Mapping[str, Any], task: str) -> np.ndarray:
+        """The joint targets (robot units) for this tick, given the tick's readings (the
+        recorder's frame: state, camera frames, force under the dataset keys) and the episode's
+        task text. Called exactly once per tick."""
+
+
+class Teleop(ActionSource):
+    """A leader arm (or any device) producing joint targets for the follower."""
+
+    @abc.abstractmethod
     def get_action(self) -> JointReading: ...
+
+    def next_action(self, observation: Mapping[str, Any], task: str) -> np.ndarray:
+        """A person (or a script) decides: the readings are not needed."""
+        return self.get_action().positions
 
 
 class Camera(Device):

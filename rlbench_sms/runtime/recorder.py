@@ -44,7 +44,8 @@ from rlbench_sms.data.writer import DatasetWriter
 from rlbench_sms.features import (ACTION, CAPTURE_TIME, FORCE, FORCE_AGE, LATE, STATE, FeatureSpec,
                                   camera_age_key, camera_device_time_key, depth_key, image_key,
                                   timing_features)
-from rlbench_sms.hardware.contracts import Camera, Device, ForceSensor, HardwareError, Robot, Sensor, Teleop
+from rlbench_sms.hardware.contracts import (ActionSource, Camera, Device, ForceSensor, HardwareError, Robot,
+                                            Sensor)
 from rlbench_sms.runtime.clock import Clock, LoopStats, LoopTimer, clock_of
 from rlbench_sms.runtime.keyboard import HELP, Command, TerminalKeys
 
@@ -75,6 +76,9 @@ class RecordingConfig:
     late_threshold_s: float = 0.010     # a tick this late (after its deadline) is flagged
     status_interval_s: float = 0.5      # live status line refresh
     gil_switch_interval_s: float = 0.001   # see Recorder.run
+    # Store the action the robot was sent (after its safety clipping) instead of the source's:
+    # an evaluation records what the arm was really told; a teleop recording, LeRobot's habit.
+    store_sent_action: bool = False
 
 
 @dataclass
@@ -82,6 +86,8 @@ class EpisodeResult:
     index: int
     frames: int
     stats: LoopStats
+    extra: dict[str, Any] = field(default_factory=dict)     # the episode metadata saved with it
+    task: str = ""                                            # the episode's task text
 
 
 @dataclass
@@ -187,7 +193,7 @@ class Recorder:
     always get their simulated time.
     """
 
-    def __init__(self, robot: Robot, teleop: Teleop, cameras: Mapping[str, Camera],
+    def __init__(self, robot: Robot, teleop: ActionSource, cameras: Mapping[str, Camera],
                  force_sensor: ForceSensor | None, writer: DatasetWriter, config: RecordingConfig,
                  keys: TerminalKeys | None = None, display: Callable[[dict], None] | None = None,
                  status: StatusLine | None = None, clock: Clock | None = None,
@@ -246,9 +252,10 @@ class Recorder:
                 self._force_raw_t.append(force.raw_timestamps - t0)
         for sensor in self.sensors:
             frame.update(sensor.read().values)
-        action = self.teleop.get_action().positions
-        self.robot.send_action(action)
-        frame[ACTION] = action
+        # The action source sees this tick's readings (a policy reads them; a leader arm does not).
+        action = self.teleop.next_action(frame, self._task)
+        sent = self.robot.send_action(action)
+        frame[ACTION] = sent if self.config.store_sent_action else action
         frame[CAPTURE_TIME] = np.float32(tick - t0)
         frame[LATE] = np.bool_(late)
         return frame
@@ -288,7 +295,7 @@ class Recorder:
         extra.update(self._hook_extra)       # no clash: hooks may not use timing/ names
         index = self.writer.save_episode(extra=extra, attachments=attachments)
         self._clear_episode_buffers()
-        return EpisodeResult(index, frames, stats)
+        return EpisodeResult(index, frames, stats, extra, self._task)
 
     def _clear_episode_buffers(self) -> None:
         self._force_raw, self._force_raw_t = [], []

@@ -119,6 +119,11 @@ def feature_contract(meta: DatasetMeta, keys: list[str]) -> dict[str, Any]:
     return {key: meta.features[key].to_info() for key in [*keys, ACTION] if key in meta.features}
 
 
+# The task texts an export names (evaluate.py's default task is the first); a dataset of per-episode
+# variants (the twin's press forces) has many, and the sidecar stays small.
+MAX_EXPORTED_TASKS = 100
+
+
 def export_info(cfg: DictConfig, plan: TrainPlan, branches) -> dict[str, Any]:
     return {
         "modality": plan.modality,
@@ -129,6 +134,7 @@ def export_info(cfg: DictConfig, plan: TrainPlan, branches) -> dict[str, Any]:
         "dataset": {"root": str(Path(plan.meta.root).resolve()), "repo_id": cfg.dataset.get("repo_id"),
                     "episodes": len(plan.meta.episodes)},
         "force_window": OmegaConf.select(cfg, "data.force_window", default=1),
+        "tasks": list(plan.meta.tasks)[:MAX_EXPORTED_TASKS],
         "seed": cfg.seed,
         "pretrained_path": cfg.policy.get("pretrained_path"),
     }

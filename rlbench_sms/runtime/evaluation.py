@@ -1,0 +1,172 @@
+"""``evaluate.py``: run a policy on the devices, judge every episode, write the results.
+
+The same fixed-rate loop, timing and dataset writer as ``record.py`` (:class:`Recorder`), with a
+:class:`~rlbench_sms.runtime.policy_runner.PolicyRunner` as the action source. Before anything
+moves, the policy's contract is checked against the devices' schemas (one line naming every
+difference). Every episode is recorded (observations, the actions actually sent, the success
+flag) as a LeRobot dataset, under the run directory unless ``dataset.root`` says where; each
+episode's first policy camera is also copied out as its own mp4 (stream copy, no re-encoding).
+
+Success: in the twin from its detector (``sim/success``). Results: ``eval.json`` and
+``summary.md`` in the run directory (:mod:`rlbench_sms.runtime.eval_report`).
+
+Exit codes as ``record.py``: 0 done (or stopped by the user), 2 a required setting missing,
+1 a device, dataset, contract or policy error, with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rlbench_sms.cli import EXIT_CONFIG, check_required
+from rlbench_sms.data.errors import DatasetError
+from rlbench_sms.features import image_key
+from rlbench_sms.hardware.contracts import HardwareError
+from rlbench_sms.runtime.clock import clock_of
+from rlbench_sms.runtime.contract import ContractError, check_devices, load_contract, resolution_notes
+from rlbench_sms.runtime.eval_report import EpisodeOutcome, outcome_from_metadata, rate_line, write_results
+from rlbench_sms.runtime.inference import InferenceError
+from rlbench_sms.runtime.keyboard import TerminalKeys
+from rlbench_sms.runtime.policy_runner import PolicyRunner, RunnerConfig
+from rlbench_sms.runtime.record_app import open_dataset
+from rlbench_sms.runtime.recorder import Recorder, RecordingConfig, StatusLine, check_time_bases, recording_features
+
+log = logging.getLogger(__name__)
+
+SUCCESS_KEY = "sim/success"       # the twin's detector verdict in the episode metadata
+VIDEOS_DIR = "videos"
+
+
+def build_policy(cfg: DictConfig):
+    """The :class:`InferencePolicy` for ``inference.mode``'s transport (local here)."""
+    inference = cfg.inference
+    if inference.get("server"):
+        raise ContractError("inference.server: remote inference is not available in this build yet; "
+                            "use inference=local")
+    from rlbench_sms.runtime.local_policy import LocalPolicy
+
+    return LocalPolicy(cfg.policy_path, device=str(inference.device), vlm_path=cfg.get("vlm_path"),
+                       num_threads=inference.get("num_threads"))
+
+
+def runner_config(inference: DictConfig) -> RunnerConfig:
+    keys = RunnerConfig.__dataclass_fields__
+    return RunnerConfig(**{k: v for k, v in OmegaConf.to_container(inference, resolve=True).items() if k in keys})
+
+
+def held_out_seed(cfg: DictConfig) -> int:
+    """The twin's first layout seed: ``held_out_seed_base + seed * held_out_seed_stride``, so that
+    evaluation layouts are never the recorded training ones (recordings start at sim.seed=0)."""
+    return int(cfg.held_out_seed_base) + int(cfg.seed) * int(cfg.held_out_seed_stride)
+
+
+def episode_video(writer_root: Path, run_dir: Path, camera_key: str, index: int) -> str | None:
+    """Copy episode ``index`` of ``camera_key`` out of the dataset into ``run_dir/videos``."""
+    from rlbench_sms.data.metadata import DatasetMeta
+    from rlbench_sms.data.video import copy_segment
+
+    meta = DatasetMeta.load(writer_root)
+    episode = next((e for e in meta.episodes if e.index == index), None)
+    span = episode.videos.get(camera_key) if episode is not None else None
+    if span is None:
+        return None
+    out = run_dir / VIDEOS_DIR / f"episode_{index:03d}.mp4"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    copy_segment(span.path, span.from_timestamp, span.to_timestamp, out)
+    return str(out.relative_to(run_dir))
+
+
+def evaluate(cfg: DictConfig, keys: TerminalKeys | None = None, status: StatusLine | None = None) -> int:
+    problem = check_required(cfg)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else Path(HydraConfig.get().runtime.output_dir)
+    try:
+        contract = load_contract(cfg.policy_path)
+        rename = dict(cfg.get("rename") or {})
+        if "sim" in cfg and cfg.sim is not None:
+            cfg.sim.seed = held_out_seed(cfg)
+        robot = instantiate(cfg.robot)
+        cameras = {name: instantiate(c) for name, c in (cfg.get("cameras") or {}).items()}
+        force_sensor = instantiate(cfg.force_sensor) if cfg.get("force_sensor") else None
+        sensors = [instantiate(cfg.tip)] if cfg.get("tip") else []
+        # Before anything connects or moves: can these devices feed this policy?
+        features = {f.key: f for f in recording_features(robot, cameras, force_sensor, sensors)}
+        check_devices(contract, features, int(cfg.fps), rename, where=str(cfg.policy_path))
+        for note in resolution_notes(contract, features, rename):
+            print(f"note: {note}", file=sys.stderr)
+        policy = build_policy(cfg)
+    except (ContractError, HardwareError, InferenceError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    task = cfg.get("task") or next(iter(contract.extra.get("tasks") or []), None)
+    if not task:
+        print(f"error: task is required: {cfg.policy_path} does not name the task it was trained on "
+              f"(e.g. task=\"pick the red cube\")", file=sys.stderr)
+        return EXIT_CONFIG
+    root = Path(cfg.dataset.root) if cfg.dataset.get("root") else run_dir / "dataset"
+    config = RecordingConfig(single_task=str(task), fps=int(cfg.fps), num_episodes=int(cfg.episodes),
+                             episode_time_s=float(cfg.episode_time_s), reset_time_s=float(cfg.reset_time_s),
+                             store_sent_action=True, **OmegaConf.to_container(cfg.recording))
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(policy.close)
+            devices = [robot, *cameras.values()] + ([force_sensor] if force_sensor else []) + sensors
+            for device in devices:
+                stack.enter_context(device)
+            clock = clock_of(devices)       # after connecting: the twin's devices own its clock then
+            check_time_bases(clock, cameras, force_sensor, sensors)
+            runner = PolicyRunner(policy, runner_config(cfg.inference), fps=int(cfg.fps),
+                                  simulated=getattr(clock, "time_base", "monotonic") == "sim",
+                                  seed=int(cfg.seed), rename=rename)
+            stack.enter_context(runner)
+            features = recording_features(robot, cameras, force_sensor, sensors)
+            writer = open_dataset(root, config.fps, features, getattr(robot, "robot_type", robot.name),
+                                  bool(cfg.dataset.resume), instantiate(cfg.dataset.video),
+                                  instantiate(cfg.dataset.depth))
+            stack.enter_context(writer)
+            summary = Recorder(robot, runner, cameras, force_sensor, writer, config, keys=keys, status=status,
+                               clock=clock, sensors=sensors).run()
+    except (DatasetError, HardwareError, InferenceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    outcomes = judge(summary.episodes, int(cfg.fps), config.single_task)
+    if contract.cameras:
+        # The first camera the policy reads, under its device name.
+        reverse = {policy: device for device, policy in rename.items()}
+        device_camera = image_key(reverse.get(contract.cameras[0], contract.cameras[0]))
+        for outcome in outcomes:
+            outcome.video = episode_video(root, run_dir, device_camera, outcome.index)
+    header = {"policy_path": str(cfg.policy_path), "contract_source": contract.source, "modality": contract.modality,
+              "inference": str(cfg.inference.mode), "robot": OmegaConf.select(cfg, "robot._target_"),
+              "rename": rename, "seed": int(cfg.seed), "dataset": str(root),
+              "sim": ({"task": cfg.sim.task, "first_layout_seed": int(cfg.sim.seed)} if "sim" in cfg else None),
+              "inference_config": OmegaConf.to_container(cfg.inference, resolve=True)}
+    result = write_results(run_dir, header, outcomes)
+    print(f"success {rate_line(result['summary'])} over {len(outcomes)} episode(s); "
+          f"results in {run_dir}/eval.json and summary.md" + (" - stopped early" if summary.stopped_early else ""))
+    return 0
+
+
+def judge(episodes, fps: int, default_task: str) -> list[EpisodeOutcome]:
+    """Each recorded episode's outcome: the twin's detector verdict when it gave one."""
+    outcomes = []
+    for episode in episodes:
+        extra: Mapping[str, Any] = episode.extra
+        success = extra.get(SUCCESS_KEY)
+        outcomes.append(outcome_from_metadata(episode.index, episode.frames, fps, extra,
+                                              episode.task or default_task,
+                                              None if success is None else bool(success)))
+    return outcomes
+
+
+__all__ = ["evaluate", "held_out_seed"]

@@ -1,0 +1,84 @@
+"""The policy in this process: a SmolVLA directory behind :class:`~rlbench_sms.runtime.inference.InferencePolicy`.
+
+Built from the directory alone: an export of ``train.py`` (``rlbench_sms.json``, ``branches.json``,
+processor files with the normalisation stats, which are loaded, never recomputed) or a LeRobot
+SmolVLA checkpoint. The observation goes through the model's own entry, which converts stored
+dtypes with :func:`rlbench_sms.data.convert.to_model_input` exactly as training did.
+
+The flow-matching sampler starts from Gaussian noise. :meth:`LocalPolicy.reset` seeds it, so that
+an episode of the twin (seeded too) is the same episode on every run and machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from rlbench_sms.runtime.contract import PolicyContract, load_contract
+from rlbench_sms.runtime.inference import ActionChunk, InferenceError
+
+log = logging.getLogger(__name__)
+
+MS_PER_S = 1000.0
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU; or a torch device name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"inference.device={name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"inference.device={name!r}: this machine has no CUDA GPU (use cpu or auto)")
+    return device
+
+
+class LocalPolicy:
+    """A SmolVLA policy directory, run here (``device``: ``auto``, ``cpu``, ``cuda:0`` ...)."""
+
+    def __init__(self, policy_path: str | Path, device: str = "auto", vlm_path: str | Path | None = None,
+                 num_threads: int | None = None):
+        self.path = Path(policy_path)
+        self.contract: PolicyContract = load_contract(self.path)
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        from rlbench_sms.policy.smolvla import SmolVLAPolicy
+
+        self.device = pick_device(device)
+        self.policy = SmolVLAPolicy.from_pretrained(self.path, vlm_path=vlm_path, device=self.device)
+        config = self.policy.config
+        self._noise_shape = (1, config.chunk_size, config.max_action_dim)
+        self._generator = torch.Generator(device="cpu")
+        self.reset()
+
+    def reset(self, seed: int | None = None) -> None:
+        self.policy.reset()
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(int(seed))
+
+    @torch.inference_mode()
+    def infer(self, observation: Mapping[str, Any]) -> ActionChunk:
+        start = time.perf_counter()
+        # Drawn on the CPU from the episode's generator, so a seed gives the same noise on any device.
+        noise = torch.randn(self._noise_shape, generator=self._generator)
+        try:
+            actions = self.policy.predict_action_chunk(dict(observation), noise=noise)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise InferenceError(f"{self.path}: inference failed: {type(error).__name__}: {error}") from error
+        chunk = actions[0].float().cpu().numpy().astype(np.float32)          # (T, A), robot units
+        return ActionChunk(chunk, {"infer": (time.perf_counter() - start) * MS_PER_S})
+
+    def close(self) -> None:
+        self.policy = None
+
+
+__all__ = ["LocalPolicy", "pick_device"]

@@ -1,0 +1,202 @@
+"""evaluate.py: the contract check before anything moves, the results, and a run in the twin."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from policy_factory import FORCE_SPEC, make_export
+from rlbench_sms.data.metadata import DatasetMeta
+from rlbench_sms.features import ACTION, FORCE, STATE, FeatureSpec, depth_key, force_feature, image_key, joint_feature
+from rlbench_sms.runtime.contract import (ContractError, PolicyContract, check_devices, contract_problems,
+                                          load_contract, resolution_notes)
+from rlbench_sms.runtime.eval_report import EpisodeOutcome, summarize, summary_markdown, wilson_interval
+
+REPO = Path(__file__).resolve().parents[1]
+FPS = 30
+
+
+# ------------------------------------------------------------------------- Wilson interval
+@pytest.mark.parametrize("wins, n, low, high", [
+    (0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (1, 50, 0.0035, 0.1050),
+    (45, 50, 0.7864, 0.9565)])
+def test_wilson_interval_matches_the_textbook_values(wins, n, low, high):
+    lo, hi = wilson_interval(wins, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_summary_leaves_discarded_episodes_out_of_the_rate():
+    outcomes = [EpisodeOutcome(0, True, 10.0, 300), EpisodeOutcome(1, None, 4.0, 120),
+                EpisodeOutcome(2, False, 20.0, 600)]
+    summary = summarize(outcomes)
+    assert (summary["judged"], summary["discarded"], summary["successes"]) == (2, 1, 1)
+    assert summary["success_rate"] == 0.5 and summary["mean_episode_time_s"] == pytest.approx(34 / 3)
+    table = summary_markdown({"policy_path": "p"}, summary, outcomes)
+    assert "1/2 = 50.0 %" in table and "| 1 |" in table and "discarded" in table
+
+
+# ------------------------------------------------------------------------- the contract
+def rig(cameras=("front", "wrist"), depth=("front",), force_channels=6) -> dict[str, FeatureSpec]:
+    features = {STATE: joint_feature(STATE), ACTION: joint_feature(ACTION)}
+    for cam in cameras:
+        features[image_key(cam)] = FeatureSpec(image_key(cam), "video", (48, 64, 3))
+    for cam in depth:
+        features[depth_key(cam)] = FeatureSpec(depth_key(cam), "video", (48, 64, 1))
+    if force_channels:
+        features[FORCE] = force_feature([f"f{i}" for i in range(force_channels)])
+    return features
+
+
+def policy_contract(**kw) -> PolicyContract:
+    inputs = rig(**kw)
+    action = inputs.pop(ACTION)
+    return PolicyContract(inputs, action, FPS, 50, 50, 10, "rgb+depth+force")
+
+
+def test_devices_that_match_pass_and_extra_features_are_ignored():
+    check_devices(policy_contract(), rig(cameras=("front", "wrist", "side")), FPS)
+
+
+@pytest.mark.parametrize("devices, message", [
+    (dict(cameras=("front",)), "camera 'wrist', the devices have front"),
+    (dict(depth=()), "depth observation.images.front_depth, but camera 'front' gives no depth"),
+    (dict(force_channels=3), "observation.force: the policy reads 6 channels, the device gives 3"),
+    (dict(force_channels=0), "no force sensor"),
+])
+def test_each_mismatch_is_named(devices, message):
+    problems = contract_problems(policy_contract(), rig(**devices), FPS)
+    assert len(problems) == 1 and message in problems[0]
+
+
+def test_another_fps_and_everything_at_once_in_one_line():
+    with pytest.raises(ContractError) as error:
+        check_devices(policy_contract(), rig(cameras=("front",), force_channels=3), 15, where="run/policy/best")
+    text = str(error.value)
+    assert "\n" not in text and text.startswith("run/policy/best: the devices cannot feed this policy")
+    assert "runs at 30 fps, the loop at 15 (set fps=30)" in text and "'wrist'" in text and "gives 3" in text
+
+
+def test_rename_maps_device_cameras_to_policy_cameras():
+    devices = rig(cameras=("top", "hand"), depth=("top",))
+    assert len(contract_problems(policy_contract(), devices, FPS)) == 3
+    assert contract_problems(policy_contract(), devices, FPS, rename={"top": "front", "hand": "wrist"}) == []
+    bad = contract_problems(policy_contract(), devices, FPS, rename={"side": "front"})
+    assert any("rename names the camera 'side'" in p for p in bad)
+
+
+def test_another_resolution_is_a_note_not_a_refusal():
+    devices = rig()
+    devices[image_key("front")] = FeatureSpec(image_key("front"), "video", (480, 640, 3))
+    assert contract_problems(policy_contract(), devices, FPS) == []
+    assert resolution_notes(policy_contract(), devices) == [
+        "observation.images.front: trained at 64x48, the camera gives 640x480 (resized)"]
+
+
+def test_a_lerobot_checkpoint_gets_its_contract_from_config_json(tmp_path, caplog):
+    config = {"type": "smolvla", "chunk_size": 50, "n_action_steps": 20, "resize_imgs_with_padding": [512, 512],
+              "input_features": {STATE: {"type": "STATE", "shape": [6]},
+                                 "observation.images.top": {"type": "VISUAL", "shape": [3, 480, 640]}},
+              "output_features": {ACTION: {"type": "ACTION", "shape": [6]}}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING):
+        contract = load_contract(tmp_path)
+    assert contract.source == "lerobot" and contract.fps is None and contract.n_action_steps == 20
+    assert contract.inputs["observation.images.top"].shape == (480, 640, 3)
+    assert "derived from config.json" in caplog.text
+    # No fps in a LeRobot config: any loop rate; the camera must still be there (or renamed).
+    devices = rig(cameras=("front",), depth=(), force_channels=0)
+    assert contract_problems(contract, devices, 15, rename={"front": "top"}) == []
+    assert PolicyContract.from_dict(contract.to_dict()) == contract
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "no such policy directory"),
+    (lambda d: d.mkdir(), "config.json is missing"),
+    (lambda d: (d.mkdir(), (d / "config.json").write_text("{nope")), "not valid JSON"),
+])
+def test_a_policy_directory_that_is_not_one_is_one_line(tmp_path, setup, message):
+    directory = tmp_path / "policy"
+    setup(directory)
+    with pytest.raises(ContractError, match=message):
+        load_contract(directory)
+
+
+# ------------------------------------------------------------------------- in the twin
+SIM_SIZE = ["sim.width=64", "sim.height=48", "sim.wrist_width=64", "sim.wrist_height=48"]
+
+
+@pytest.fixture(scope="module")
+def exported(small_sample, tiny_vlm_dir, tmp_path_factory):
+    """A tiny random rgb+force policy over the twin sample's features (48x64 cameras)."""
+    return make_export(tmp_path_factory.mktemp("export") / "best", small_sample, tiny_vlm_dir,
+                       modality="rgb+force", branches=FORCE_SPEC)
+
+
+def eval_config(policy: Path, run_dir: Path, cache: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("evaluate", overrides=[f"policy_path={policy}", f"run_dir={run_dir}", f"sim.cache_dir={cache}",
+                                              "episodes=2", "episode_time_s=0.5", *SIM_SIZE, *overrides])
+
+
+def test_evaluate_in_the_twin_records_judges_and_reports(exported, tmp_path, capsys):
+    from rlbench_sms.runtime.evaluation import evaluate
+
+    cache = tmp_path / "cache"
+    code = evaluate(eval_config(exported, tmp_path / "run", cache, "inference.sim_latency_ms=100"))
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    result = json.loads((tmp_path / "run/eval.json").read_text())
+    episodes = result["episodes"]
+    assert [e["seed"] for e in episodes] == [100000, 100001]          # held-out layouts
+    assert all(e["success"] is False for e in episodes)               # a random policy
+    assert all(e["frames"] == 15 and e["chunks"] == 2 for e in episodes)   # 8-action chunks, 15 ticks
+    assert all(e["empty_queue_ticks"] == 6 for e in episodes)          # 100 ms = 3 ticks per chunk
+    assert result["summary"]["wilson95"][1] == pytest.approx(wilson_interval(0, 2)[1])
+    assert "success 0/2 = 0.0 %" in out.out
+    assert (tmp_path / "run/summary.md").read_text().count("videos/episode_00") == 2
+    from rlbench_sms.data.video import probe_video
+
+    assert probe_video(tmp_path / "run/videos/episode_001.mp4").num_frames == 15
+    # The evaluation episodes are a dataset: validate passes; the actions are those sent.
+    check = subprocess.run([sys.executable, "-m", "rlbench_sms.data.validate", str(tmp_path / "run/dataset")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    meta = DatasetMeta.load(tmp_path / "run/dataset")
+    assert [bool(e.extra["sim/success"]) for e in meta.episodes] == [False, False]
+    assert meta.episodes[0].extra["inference/chunks"] == 2
+
+
+def test_evaluate_is_deterministic_for_a_seed(exported, tmp_path):
+    from rlbench_sms.data.reader import DatasetReader
+    from rlbench_sms.runtime.evaluation import evaluate
+
+    actions = []
+    for run in ("a", "b"):
+        assert evaluate(eval_config(exported, tmp_path / run, tmp_path / "cache", "episodes=1")) == 0
+        with DatasetReader(tmp_path / run / "dataset") as reader:
+            actions.append(reader.load_columns([ACTION])[ACTION])
+    np.testing.assert_array_equal(actions[0], actions[1])
+    assert np.ptp(actions[0], axis=0).max() > 0          # the policy did move the arm
+
+
+def test_evaluate_refuses_devices_that_cannot_feed_the_policy_before_anything_moves(exported, tmp_path, capsys):
+    from rlbench_sms.runtime.evaluation import evaluate
+
+    code = evaluate(eval_config(exported, tmp_path / "run", tmp_path / "cache", "~force_sensor"))
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert "the devices cannot feed this policy: the policy reads observation.force" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_py_without_a_policy_path_is_one_line():
+    run = subprocess.run([sys.executable, "evaluate.py"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "policy_path" in run.stderr and run.stderr.count("\n") == 1, run.stderr
