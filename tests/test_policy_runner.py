@@ -223,3 +223,26 @@ def test_builder_renames_cameras_and_puts_channels_first():
     assert obs["observation.images.front_depth"].shape == (1, 4, 5)
     assert obs["observation.images.front_depth"].dtype == np.uint16
     assert "observation.images.other" not in obs and obs["task"] == "task"
+
+
+def test_an_unavailable_policy_holds_the_arm_and_is_asked_again():
+    from rlbench_sms.runtime.inference import PolicyUnavailable
+
+    class FlakyPolicy(CountingPolicy):
+        def __init__(self, *a, away_for: int = 3, **kw):
+            super().__init__(*a, **kw)
+            self.away_for = away_for
+
+        def infer(self, observation):
+            if self.away_for:
+                self.away_for -= 1
+                raise PolicyUnavailable("server away, reconnecting")
+            return super().infer(observation)
+
+    for mode in ("sync", "async"):
+        runner = PolicyRunner(FlakyPolicy(contract()), RunnerConfig(mode=mode, sim_latency_ms=0), fps=FPS,
+                              simulated=True)
+        sent = run(runner, 10)
+        assert all(np.array_equal(a, np.zeros(6)) for a in sent[:3])      # held still, no stale chunk
+        assert [a[0] for a in sent[3:]] == list(range(3, 10))              # asked again at tick 3
+        assert runner.end_episode()["inference/unavailable_ticks"] == 3

@@ -23,6 +23,11 @@ class InferenceError(RuntimeError):
     """The policy could not give a chunk for an observation (one line, naming why)."""
 
 
+class PolicyUnavailable(InferenceError):
+    """No chunk *for now* (a remote server away, reconnecting): the runner holds the arm still and
+    asks again on a later tick, instead of failing the episode."""
+
+
 @dataclass
 class ActionChunk:
     """``actions`` (T, A) float32 in robot units, the first one meant for the tick the observation
@@ -39,7 +44,8 @@ class InferencePolicy(Protocol):
     contract: PolicyContract
 
     def infer(self, observation: Mapping[str, Any]) -> ActionChunk:
-        """One action chunk for ``observation``; raises :class:`InferenceError` when it cannot."""
+        """One action chunk for ``observation``; raises :class:`PolicyUnavailable` when none can be
+        had right now (ask again later) and :class:`InferenceError` when it cannot."""
 
     def reset(self, seed: int | None = None) -> None:
         """A new episode starts (``seed``: the sampling noise's, for a reproducible episode)."""
@@ -48,4 +54,4 @@ class InferencePolicy(Protocol):
         """Free what the policy holds (a model, a connection)."""
 
 
-__all__ = ["ActionChunk", "InferencePolicy", "InferenceError"]
+__all__ = ["ActionChunk", "InferencePolicy", "InferenceError", "PolicyUnavailable"]

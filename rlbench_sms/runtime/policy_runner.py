@@ -36,7 +36,7 @@ import numpy as np
 
 from rlbench_sms.features import STATE, FeatureSpec
 from rlbench_sms.hardware.contracts import ActionSource, HardwareError
-from rlbench_sms.runtime.inference import ActionChunk, InferenceError, InferencePolicy
+from rlbench_sms.runtime.inference import ActionChunk, InferenceError, InferencePolicy, PolicyUnavailable
 from rlbench_sms.runtime.observation import ObservationBuilder
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class _Pending:
     chunk: ActionChunk | None = None
     error: BaseException | None = None
     done: threading.Event | None = None
+    unavailable: bool = False           # the policy had no chunk for it (a server away)
 
 
 class PolicyRunner(ActionSource):
@@ -237,6 +238,16 @@ class PolicyRunner(ActionSource):
     # -- requests ------------------------------------------------------------------------------
     def _request(self, tick: int, task: str) -> None:
         observation = self.builder.build(task)
+        try:
+            self._start_request(tick, observation)
+        except PolicyUnavailable as why:
+            # The server is away: hold still this tick and ask again on the next (the client's
+            # reconnect backoff decides how often it really tries).
+            self.stats["unavailable_ticks"] += 1
+            if self.stats["unavailable_ticks"] == 1:
+                log.warning("policy unavailable, holding the arm still: %s", why)
+
+    def _start_request(self, tick: int, observation: Mapping[str, Any]) -> None:
         if self.simulated:
             pending = _Pending(tick)
             pending.chunk = self._infer(observation)
@@ -253,6 +264,8 @@ class PolicyRunner(ActionSource):
         def work() -> None:
             try:
                 pending.chunk = self._infer(observation)
+            except PolicyUnavailable:           # no chunk: the loop holds and asks again
+                pending.unavailable = True
             except BaseException as error:     # handed to the loop thread, raised there
                 pending.error = error
             finally:
@@ -285,6 +298,9 @@ class PolicyRunner(ActionSource):
         self._pending = None
         if pending.error is not None:
             raise HardwareError(self.name, f"{type(pending.error).__name__}: {pending.error}")
+        if pending.unavailable:
+            self.stats["unavailable_ticks"] += 1
+            return
         chunk = pending.chunk.actions
         self.stats["chunks"] += 1
         if self.config.mode == "sync":
@@ -302,7 +318,8 @@ class PolicyRunner(ActionSource):
 
     # -- figures -------------------------------------------------------------------------------
     def _reset_stats(self) -> None:
-        self.stats = {"ticks": 0, "chunks": 0, "empty_queue_ticks": 0, "empty_after_first": 0, "dropped_actions": 0}
+        self.stats = {"ticks": 0, "chunks": 0, "empty_queue_ticks": 0, "empty_after_first": 0, "dropped_actions": 0,
+                      "unavailable_ticks": 0}
         self.latencies_ms: list[float] = []
 
     def episode_stats(self) -> dict[str, Any]:
