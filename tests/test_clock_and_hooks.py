@@ -232,6 +232,20 @@ def test_hook_metadata_and_task_land_in_the_episode_metadata(tmp_path):
     assert stored == ["press with 2 N"] * 15 + ["press with 3 N"] * 15
 
 
+def test_a_device_saying_the_episode_is_done_ends_it_at_that_tick(tmp_path, monkeypatch):
+    """The twin's evaluation stops at the first success: the episode is saved with the ticks so far."""
+    ticks = {"n": 0}
+
+    def done_after_7(self):
+        ticks["n"] += 1
+        return ticks["n"] % 7 == 0
+
+    monkeypatch.setattr(HookedForceSensor, "episode_done", done_after_7)
+    root, summary = record(tmp_path, FakeClock(), [], episodes=2, seconds=1.0, resets_scene=True)
+    assert [e.frames for e in summary.episodes] == [7, 7]
+    validate(root)
+
+
 def test_rerecord_and_resume_start_the_same_episode_index_again(tmp_path):
     clock, events = FakeClock(), []
     # "r" at the 5th tick of the first episode: it is discarded and recorded again as episode 0.

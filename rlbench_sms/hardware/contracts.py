@@ -95,6 +95,11 @@ class Device(abc.ABC):
         entry is not stored: it is the episode's task text instead of ``dataset.single_task``."""
         return {}
 
+    def episode_done(self) -> bool:
+        """Asked by the recorder after every tick of an episode: True ends it now, before its
+        ``episode_time_s`` (the twin's evaluation stops at the first success)."""
+        return False
+
     def end_episode(self) -> dict[str, Any]:
         """Called by the recorder after the last tick of the episode opened by
         :meth:`start_episode` (also when it is discarded), before saving it. Returns episode

@@ -19,7 +19,12 @@ The loop runs on the devices' clock (:func:`~rlbench_sms.runtime.clock.clock_of`
 simulated time, else the wall clock). Every device's episode hooks are called around each episode
 (``start_episode`` after the force tare and before the first tick, ``end_episode`` after the last
 tick); the metadata they return goes into the episode's row of ``meta/episodes``, and a ``"task"``
-from ``start_episode`` is the episode's task text.
+from ``start_episode`` is the episode's task text. A device whose ``episode_done()`` turns true ends
+the episode at that tick (the twin, evaluating, at the first success).
+
+The action source is a teleop device or a policy runner (``ActionSource.next_action`` gets the
+tick's readings); with ``store_sent_action`` the stored action is what the robot was sent after its
+safety clipping, else the source's.
 
 ``num_episodes`` counts the episodes *this run* records: resuming a dataset of 10 with
 ``num_episodes=5`` ends with 15 (LeRobot's habit).
@@ -270,6 +275,8 @@ class Recorder:
                 self.writer.add_frame(frame, self._task)
             if self.display is not None:
                 self.display(frame)
+            if record and any(device.episode_done() for device in self.devices):
+                return None           # the episode is over before its time (a success in the twin)
             command = self.keys.poll()
             if command is not None:
                 return command
