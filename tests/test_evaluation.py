@@ -200,3 +200,49 @@ def test_evaluate_py_without_a_policy_path_is_one_line():
     run = subprocess.run([sys.executable, "evaluate.py"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "policy_path" in run.stderr and run.stderr.count("\n") == 1, run.stderr
+
+
+# ------------------------------------------------------------------------- a real arm: the operator judges
+class OperatorKeys:
+    """A terminal with an operator who presses ``script[n]`` at the n-th poll."""
+
+    def __init__(self, script):
+        import io
+
+        from rlbench_sms.runtime.keyboard import TerminalKeys
+
+        self.keys = TerminalKeys(io.StringIO(), verdicts=True)
+        self.script, self.polls = dict(script), 0
+        self.help = self.keys.help
+
+    attached = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def poll(self):
+        self.polls += 1
+        if self.polls in self.script:
+            self.keys.feed(self.script.pop(self.polls))
+        return self.keys.poll()
+
+
+def test_on_a_real_arm_the_operator_judges_each_episode(exported, tmp_path, capsys):
+    """Mock hardware on the wall clock: 's' during episode 0 ends it as a success; episode 1 runs
+    out and the operator answers 'f' when asked; 'd' discards episode 2 (left out of the rate)."""
+    from rlbench_sms.runtime.evaluation import evaluate
+
+    cfg = eval_config(exported, tmp_path / "run", tmp_path / "cache", "robot=mock", "camera=mock",
+                      "force_sensor=mock", "episodes=3", "reset_time_s=0")
+    keys = OperatorKeys({5: "s", 25: "f", 30: "d"})
+    assert evaluate(cfg, keys=keys) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "run/eval.json").read_text())
+    assert [e["success"] for e in result["episodes"]] == [True, False, None]
+    assert [e["frames"] for e in result["episodes"]][0] == 5
+    assert result["summary"]["successes"] == 1 and result["summary"]["judged"] == 2
+    meta = DatasetMeta.load(tmp_path / "run/dataset")
+    assert [e.extra["eval/verdict"] for e in meta.episodes] == ["success", "failure", "discard"]
+    assert "trained at 64x48, the camera gives 640x480" in capsys.readouterr().err

@@ -37,7 +37,8 @@ from rlbench_sms.runtime.inference import InferenceError
 from rlbench_sms.runtime.keyboard import TerminalKeys
 from rlbench_sms.runtime.policy_runner import PolicyRunner, RunnerConfig
 from rlbench_sms.runtime.record_app import open_dataset
-from rlbench_sms.runtime.recorder import Recorder, RecordingConfig, StatusLine, check_time_bases, recording_features
+from rlbench_sms.runtime.recorder import (VERDICT_KEY, Recorder, RecordingConfig, StatusLine, check_time_bases,
+                                          recording_features)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,9 @@ def evaluate(cfg: DictConfig, keys: TerminalKeys | None = None, status: StatusLi
                                   bool(cfg.dataset.resume), instantiate(cfg.dataset.video),
                                   instantiate(cfg.dataset.depth))
             stack.enter_context(writer)
+            # On a real arm the operator judges each episode; the twin's detector judges its own.
+            config.ask_verdict = not runner.simulated
+            keys = keys if keys is not None else TerminalKeys(verdicts=not runner.simulated)
             summary = Recorder(robot, runner, cameras, force_sensor, writer, config, keys=keys, status=status,
                                clock=clock, sensors=sensors).run()
     except (DatasetError, HardwareError, InferenceError) as error:
@@ -157,12 +161,18 @@ def evaluate(cfg: DictConfig, keys: TerminalKeys | None = None, status: StatusLi
     return 0
 
 
+VERDICT_SUCCESS = {"success": True, "failure": False, "discard": None}
+
+
 def judge(episodes, fps: int, default_task: str) -> list[EpisodeOutcome]:
-    """Each recorded episode's outcome: the twin's detector verdict when it gave one."""
+    """Each recorded episode's outcome: the twin's detector verdict, else the operator's (an
+    episode nobody judged, or discarded, is left out of the rate)."""
     outcomes = []
     for episode in episodes:
         extra: Mapping[str, Any] = episode.extra
         success = extra.get(SUCCESS_KEY)
+        if success is None:
+            success = VERDICT_SUCCESS.get(str(extra.get(VERDICT_KEY)))
         outcomes.append(outcome_from_metadata(episode.index, episode.frames, fps, extra,
                                               episode.task or default_task,
                                               None if success is None else bool(success)))

@@ -3,6 +3,10 @@
 Keys: ``n`` or → ends the episode early and saves it, ``r`` or ← re-records it, ``q`` or Esc
 saves and stops. With no terminal attached (stdin closed or not a tty, e.g. under CI or nohup)
 nothing is read and the recording runs unattended through every episode.
+
+Evaluating on a real arm (``TerminalKeys(verdicts=True)``), the operator judges each episode, during
+it or when asked at its end: ``s`` success, ``f`` failure, ``d`` discard (left out of the rate); a
+verdict key during the episode also ends it.
 """
 
 from __future__ import annotations
@@ -18,18 +22,26 @@ class Command(Enum):
     NEXT = "next episode"
     RERECORD = "re-record episode"
     STOP = "stop recording"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    DISCARD = "discard"
 
 
 KEYS = {"n": Command.NEXT, "\x1b[C": Command.NEXT, "r": Command.RERECORD, "\x1b[D": Command.RERECORD,
         "q": Command.STOP, "\x1b": Command.STOP}
+VERDICT_KEYS = {"s": Command.SUCCESS, "f": Command.FAILURE, "d": Command.DISCARD}
+VERDICTS = tuple(VERDICT_KEYS.values())
 HELP = "keys: [n]/→ next episode   [r]/← re-record   [q]/Esc stop"
+VERDICT_HELP = "[s]uccess  [f]ailure  [d]iscard"
 
 
 class TerminalKeys:
     """Reads single keys in a background thread while the terminal is in cbreak mode."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, verdicts: bool = False):
         self._stream = stream if stream is not None else sys.stdin
+        self.keys = {**KEYS, **(VERDICT_KEYS if verdicts else {})}
+        self.help = HELP + (f"   {VERDICT_HELP}" if verdicts else "")
         self._pending: list[Command] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -75,7 +87,7 @@ class TerminalKeys:
 
     def feed(self, data: str) -> None:
         """Interpret raw key bytes (also used by tests)."""
-        command = KEYS.get(data) or KEYS.get(data[:1])
+        command = self.keys.get(data) or self.keys.get(data[:1])
         if command is not None:
             with self._lock:
                 self._pending.append(command)

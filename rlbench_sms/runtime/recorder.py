@@ -52,7 +52,7 @@ from rlbench_sms.features import (ACTION, CAPTURE_TIME, FORCE, FORCE_AGE, LATE, 
 from rlbench_sms.hardware.contracts import (ActionSource, Camera, Device, ForceSensor, HardwareError, Robot,
                                             Sensor)
 from rlbench_sms.runtime.clock import Clock, LoopStats, LoopTimer, clock_of
-from rlbench_sms.runtime.keyboard import HELP, Command, TerminalKeys
+from rlbench_sms.runtime.keyboard import VERDICT_HELP, VERDICTS, Command, TerminalKeys
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ TASK_HOOK_KEY = "task"
 RESERVED_EPISODE_KEYS = EPISODE_BASE_COLUMNS + ("dataset_from_index", "dataset_to_index")
 RESERVED_EPISODE_PREFIXES = ("stats/", "videos/", "data/", "meta/", "timing/")
 HOOK_VALUE_TYPES = (bool, int, float, str)
+# Episode metadata: the operator's verdict on an evaluation episode (success / failure / discard).
+VERDICT_KEY = "eval/verdict"
+VERDICT_POLL_S = 0.05          # how often the end-of-episode question looks for a key (wall time)
 
 
 @dataclass
@@ -84,6 +87,9 @@ class RecordingConfig:
     # Store the action the robot was sent (after its safety clipping) instead of the source's:
     # an evaluation records what the arm was really told; a teleop recording, LeRobot's habit.
     store_sent_action: bool = False
+    # Ask the operator for a verdict at the end of an episode they did not judge during it
+    # (evaluation on a real arm; needs a terminal: unattended, the episode stays unjudged).
+    ask_verdict: bool = False
 
 
 @dataclass
@@ -283,7 +289,7 @@ class Recorder:
             if self.status.due():
                 self.status.update(f"{label}  {self.timer.elapsed_s:5.1f}/{duration_s:.0f} s  "
                                    f"{self.timer.stats().line()}  encoder backlog "
-                                   f"{self.writer.encoder_backlog}   {HELP if self.keys.attached else ''}")
+                                   f"{self.writer.encoder_backlog}   {self.keys.help if self.keys.attached else ''}")
         return None
 
     def _save(self) -> EpisodeResult:
@@ -339,6 +345,25 @@ class Recorder:
         except Exception as hook_error:
             log.warning("end_episode after %s failed: %s", type(error).__name__, hook_error)
 
+    def _judge(self, command: Command | None, label: str) -> Command | None:
+        """The operator's verdict, from a key pressed during the episode or asked for now; stored
+        as episode metadata. Returns what the loop does next (STOP when asked to stop)."""
+        verdict = command if command in VERDICTS else None
+        if verdict is None and self.config.ask_verdict and self.keys.attached:
+            self.status.done(f"{label}: how did it go?  {VERDICT_HELP}  ([q] stop)")
+            while verdict is None:
+                key = self.keys.poll()
+                if key in VERDICTS:
+                    verdict = key
+                elif key is Command.STOP:
+                    command = Command.STOP
+                    break
+                else:
+                    time.sleep(VERDICT_POLL_S)
+        if verdict is not None:
+            self._hook_extra[VERDICT_KEY] = verdict.value
+        return Command.STOP if command is Command.STOP else None
+
     def run(self) -> RecordingSummary:
         """Record ``num_episodes`` new episodes, or until the user stops."""
         summary = RecordingSummary()
@@ -366,6 +391,8 @@ class Recorder:
                     self._start_episode()
                     command = self._loop(cfg.episode_time_s, record=True, label=label)
                     self._end_episode()
+                    if command is not Command.RERECORD:
+                        command = self._judge(command, label)
                     if command is Command.RERECORD:
                         self.writer.clear_episode()
                         self._clear_episode_buffers()
