@@ -255,21 +255,28 @@ def run_checked(body: Callable[[], int | None], cfg: DictConfig, failure: str,
         return EXIT_FAILED
 
 
-def _is_multirun() -> bool:
+def hydra_runtime() -> tuple[list[str], bool, str]:
+    """(the overrides of this job, whether it is part of a multirun, the launcher's target);
+    ``([], False, "")`` when not launched through Hydra (tests calling an app with a composed config)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:                      # not launched through Hydra
-        return False
+        hc = HydraConfig.get()
+        return list(hc.overrides.task), hc.mode == RunMode.MULTIRUN, str(hc.launcher.get("_target_", ""))
+    except ValueError:
+        return [], False, ""
+
+
+def is_multirun() -> bool:
+    return hydra_runtime()[1]
 
 
 def exit_if_missing(cfg: DictConfig, sections: Sequence[str] | None = None) -> None:
     """For an entry script, before its heavy imports (torch takes seconds): exit 2 with the one
     line when a required setting is unset. Does nothing inside a multirun, where each run records
     its own failure and the sweep goes on."""
-    problem = None if _is_multirun() else check_required(cfg, sections)
+    problem = None if is_multirun() else check_required(cfg, sections)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)

@@ -193,7 +193,10 @@ def test_evaluate_refuses_devices_that_cannot_feed_the_policy_before_anything_mo
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
     assert "the devices cannot feed this policy: the policy reads observation.force" in err
-    assert not (tmp_path / "run").exists()
+    # Nothing was recorded; the run folder says why (a sweep's summary lists it as failed).
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.json"]
+    record = json.loads((tmp_path / "run/run.json").read_text())
+    assert record["status"] == "failed" and "observation.force" in record["error"]
 
 
 def test_evaluate_py_without_a_policy_path_is_one_line():
@@ -246,3 +249,18 @@ def test_on_a_real_arm_the_operator_judges_each_episode(exported, tmp_path, caps
     meta = DatasetMeta.load(tmp_path / "run/dataset")
     assert [e.extra["eval/verdict"] for e in meta.episodes] == ["success", "failure", "discard"]
     assert "trained at 64x48, the camera gives 640x480" in capsys.readouterr().err
+
+
+def test_an_evaluation_sweep_writes_a_table_and_a_plot(exported, tmp_path):
+    """`evaluate.py -m ... seed=0,1`: every run records run.json; the sweep summary reads them."""
+    run = subprocess.run(
+        [sys.executable, "evaluate.py", "-m", f"policy_path={exported}", "seed=0,1", "episodes=1", "episode_time_s=0.3",
+         f"sim.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path}", *SIM_SIZE],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "MPLBACKEND": "Agg"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    sweep = next((tmp_path / "evaluate/multiruns").iterdir())
+    table = (sweep / "summary.md").read_text()
+    assert "eval/success_rate" in table and "2/2" in table
+    assert (sweep / "summary.png").stat().st_size > 0
+    records = sorted(json.loads(p.read_text())["seed"] for p in sweep.rglob("run.json"))
+    assert records == [0, 1]

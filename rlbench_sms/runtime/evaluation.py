@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,8 +27,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlbench_sms.cli import EXIT_CONFIG, check_required
+from rlbench_sms.cli import EXIT_CONFIG, EXIT_FAILED, check_required, hydra_runtime
 from rlbench_sms.data.errors import DatasetError
+from rlbench_sms.data.layout import atomic_write_json
 from rlbench_sms.features import image_key
 from rlbench_sms.hardware.contracts import HardwareError
 from rlbench_sms.runtime.clock import clock_of
@@ -43,6 +45,8 @@ from rlbench_sms.runtime.recorder import (VERDICT_KEY, Recorder, RecordingConfig
 log = logging.getLogger(__name__)
 
 SUCCESS_KEY = "sim/success"       # the twin's detector verdict in the episode metadata
+RUN_FILE = "run.json"             # read by the sweep summary (rlbench_sms.training.sweep_summary)
+COMPLETED, FAILED = "completed", "failed"
 VIDEOS_DIR = "videos"
 
 
@@ -85,12 +89,52 @@ def episode_video(writer_root: Path, run_dir: Path, camera_key: str, index: int)
     return str(out.relative_to(run_dir))
 
 
+class EvaluationError(Exception):
+    """Why an evaluation could not run or finish, in one line; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
 def evaluate(cfg: DictConfig, keys: TerminalKeys | None = None, status: StatusLine | None = None) -> int:
+    """Run the evaluation ``cfg`` describes; returns the exit code. Every run folder gets a
+    ``run.json`` (status, overrides, the success rate and timing as metrics, or the error) that the
+    sweep summary of ``evaluate.py -m`` reads."""
     problem = check_required(cfg)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else Path(HydraConfig.get().runtime.output_dir)
+    started = time.monotonic()
+    try:
+        result = run_evaluation(cfg, run_dir, keys, status)
+    except EvaluationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        write_run_record(run_dir, cfg, FAILED, time.monotonic() - started, error=str(error))
+        return error.code
+    write_run_record(run_dir, cfg, COMPLETED, time.monotonic() - started, summary=result["summary"])
+    return 0
+
+
+def write_run_record(run_dir: Path, cfg: DictConfig, status: str, duration_s: float,
+                     summary: Mapping[str, Any] | None = None, error: str | None = None) -> None:
+    """``run.json`` as the sweep summary reads it (training writes the same shape)."""
+    metrics = {}
+    if summary is not None:
+        low, high = summary["wilson95"]
+        metrics = {"eval/success_rate": summary["success_rate"], "eval/wilson95_low": low, "eval/wilson95_high": high,
+                   "eval/mean_episode_time_s": summary["mean_episode_time_s"],
+                   "eval/latency_p50_ms": summary["latency_p50_ms"], "eval/empty_queue_ticks": summary["empty_queue_ticks"]}
+    overrides, _, _ = hydra_runtime()
+    record = {"status": status, "overrides": overrides, "metrics": {k: v for k, v in metrics.items() if v is not None},
+              "duration_s": duration_s, "error": error, "seed": int(cfg.seed), "policy_path": str(cfg.policy_path)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / RUN_FILE, record)
+
+
+def prepare(cfg: DictConfig):
+    """The contract, the devices (built, not connected) and the policy, checked against each other."""
     try:
         contract = load_contract(cfg.policy_path)
         rename = dict(cfg.get("rename") or {})
@@ -105,17 +149,22 @@ def evaluate(cfg: DictConfig, keys: TerminalKeys | None = None, status: StatusLi
         check_devices(contract, features, int(cfg.fps), rename, where=str(cfg.policy_path))
         for note in resolution_notes(contract, features, rename):
             print(f"note: {note}", file=sys.stderr)
+        task = cfg.get("task") or next(iter(contract.extra.get("tasks") or []), None)
+        if not task:
+            raise EvaluationError(f"task is required: {cfg.policy_path} does not name the task it was trained "
+                                  f"on (e.g. task=\"pick the red cube\")", EXIT_CONFIG)
         policy = build_policy(cfg)
     except (ContractError, HardwareError, InferenceError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    task = cfg.get("task") or next(iter(contract.extra.get("tasks") or []), None)
-    if not task:
-        print(f"error: task is required: {cfg.policy_path} does not name the task it was trained on "
-              f"(e.g. task=\"pick the red cube\")", file=sys.stderr)
-        return EXIT_CONFIG
+        raise EvaluationError(str(error)) from None
+    return contract, rename, robot, cameras, force_sensor, sensors, str(task), policy
+
+
+def run_evaluation(cfg: DictConfig, run_dir: Path, keys: TerminalKeys | None = None,
+                   status: StatusLine | None = None) -> dict[str, Any]:
+    """Evaluate, write ``eval.json`` / ``summary.md`` / the videos; returns ``eval.json``'s content."""
+    contract, rename, robot, cameras, force_sensor, sensors, task, policy = prepare(cfg)
     root = Path(cfg.dataset.root) if cfg.dataset.get("root") else run_dir / "dataset"
-    config = RecordingConfig(single_task=str(task), fps=int(cfg.fps), num_episodes=int(cfg.episodes),
+    config = RecordingConfig(single_task=task, fps=int(cfg.fps), num_episodes=int(cfg.episodes),
                              episode_time_s=float(cfg.episode_time_s), reset_time_s=float(cfg.reset_time_s),
                              store_sent_action=True, **OmegaConf.to_container(cfg.recording))
     try:
@@ -141,12 +190,11 @@ def evaluate(cfg: DictConfig, keys: TerminalKeys | None = None, status: StatusLi
             summary = Recorder(robot, runner, cameras, force_sensor, writer, config, keys=keys, status=status,
                                clock=clock, sensors=sensors).run()
     except (DatasetError, HardwareError, InferenceError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise EvaluationError(str(error)) from None
     outcomes = judge(summary.episodes, int(cfg.fps), config.single_task)
     if contract.cameras:
         # The first camera the policy reads, under its device name.
-        reverse = {policy: device for device, policy in rename.items()}
+        reverse = {policy_name: device for device, policy_name in rename.items()}
         device_camera = image_key(reverse.get(contract.cameras[0], contract.cameras[0]))
         for outcome in outcomes:
             outcome.video = episode_video(root, run_dir, device_camera, outcome.index)
@@ -158,7 +206,7 @@ def evaluate(cfg: DictConfig, keys: TerminalKeys | None = None, status: StatusLi
     result = write_results(run_dir, header, outcomes)
     print(f"success {rate_line(result['summary'])} over {len(outcomes)} episode(s); "
           f"results in {run_dir}/eval.json and summary.md" + (" - stopped early" if summary.stopped_early else ""))
-    return 0
+    return result
 
 
 VERDICT_SUCCESS = {"success": True, "failure": False, "discard": None}
@@ -179,4 +227,4 @@ def judge(episodes, fps: int, default_task: str) -> list[EpisodeOutcome]:
     return outcomes
 
 
-__all__ = ["evaluate", "held_out_seed"]
+__all__ = ["evaluate", "run_evaluation", "held_out_seed", "EvaluationError"]

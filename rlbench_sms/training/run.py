@@ -20,24 +20,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlbench_sms.cli import EXIT_CONFIG, error_line, run_checked
+from rlbench_sms.cli import EXIT_CONFIG, error_line, hydra_runtime, run_checked
 from rlbench_sms.data.errors import DatasetError
 from rlbench_sms.training.plan import ConfigError, TrainPlan, plan_training
 
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
-
-
-def _hydra_runtime() -> tuple[list[str], bool, str]:
-    """(the overrides of this job, whether it is part of a multirun, the launcher's target)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        return list(hc.overrides.task), hc.mode == RunMode.MULTIRUN, str(hc.launcher.get("_target_", ""))
-    except ValueError:   # not launched through Hydra (tests calling train() with a composed config)
-        return [], False, ""
 
 
 def _is_rank_zero() -> bool:
@@ -117,7 +105,7 @@ def train(cfg: DictConfig) -> float:
     Raises :class:`ConfigError` / :class:`DatasetError` (one line) in a single run; in a multirun
     every failure is recorded in ``run.json`` and NaN is returned so the sweep continues.
     """
-    overrides, multirun, launcher = _hydra_runtime()
+    overrides, multirun, launcher = hydra_runtime()
     run_dir = Path(cfg.run_dir)
     record: dict[str, Any] = {
         "status": "running", "overrides": overrides, "modality": OmegaConf.select(cfg, "dataset.modality"),
@@ -181,7 +169,7 @@ def main(cfg: DictConfig) -> int:
 def entry(cfg: DictConfig) -> float | None:
     """What ``train.py`` calls: in a multirun return the metric to the sweeper (failures are
     recorded, not raised); in a single run exit non-zero on failure."""
-    _, multirun, _ = _hydra_runtime()
+    _, multirun, _ = hydra_runtime()
     if multirun:
         return train(cfg)
     code = main(cfg)
