@@ -61,7 +61,7 @@ def run(runner: PolicyRunner, ticks: int, episode: int = 0) -> list[np.ndarray]:
 
 def test_sync_at_zero_latency_never_waits_and_executes_chunks_in_order():
     policy = CountingPolicy(contract())
-    runner = PolicyRunner(policy, RunnerConfig(mode="sync", sim_latency_ms=0), fps=FPS, simulated=True)
+    runner = PolicyRunner(policy, RunnerConfig(mode="sync", sim_latency_ms=0), fps=FPS, simulated=True, warmup=False)
     sent = run(runner, 120)
     assert [a[0] for a in sent] == list(range(120))      # asked at 0, 50, 100: each action on time
     stats = runner.end_episode()
@@ -71,7 +71,7 @@ def test_sync_at_zero_latency_never_waits_and_executes_chunks_in_order():
 
 def test_sync_with_latency_stands_still_for_ceil_latency_over_dt_ticks_per_chunk():
     policy = CountingPolicy(contract())
-    runner = PolicyRunner(policy, RunnerConfig(mode="sync", sim_latency_ms=300), fps=FPS, simulated=True)
+    runner = PolicyRunner(policy, RunnerConfig(mode="sync", sim_latency_ms=300), fps=FPS, simulated=True, warmup=False)
     sent = run(runner, 2 * (CHUNK + 9))
     # 300 ms at 30 Hz = 9 ticks standing still (holding the joints where they were), then 50 actions.
     assert all(np.array_equal(a, np.zeros(6)) for a in sent[:9])
@@ -85,7 +85,7 @@ def test_sync_with_latency_stands_still_for_ceil_latency_over_dt_ticks_per_chunk
 def test_async_never_waits_after_the_first_chunk_and_drops_passed_actions():
     policy = CountingPolicy(contract())
     runner = PolicyRunner(policy, RunnerConfig(mode="async", sim_latency_ms=300, aggregate="latest"),
-                          fps=FPS, simulated=True)
+                          fps=FPS, simulated=True, warmup=False)
     sent = run(runner, 300)
     stats = runner.end_episode()
     assert stats["inference/empty_queue_ticks"] == 9        # only before the first chunk
@@ -100,7 +100,7 @@ def test_async_never_waits_after_the_first_chunk_and_drops_passed_actions():
 def test_async_asks_again_at_the_threshold():
     policy = CountingPolicy(contract())
     runner = PolicyRunner(policy, RunnerConfig(mode="async", sim_latency_ms=0, chunk_size_threshold=0.5),
-                          fps=FPS, simulated=True)
+                          fps=FPS, simulated=True, warmup=False)
     run(runner, 60)
     # Asked at tick 0 (empty), then when 25 of 50 were left: after 25 actions ran (tick 25).
     assert [float(o[STATE][0]) for o in policy.observations[:2]] == [0.0, 25.0]
@@ -121,7 +121,7 @@ def test_weighted_average_merges_overlapping_actions_by_timestep():
 
 def test_episodes_seed_the_policy_and_between_episodes_the_arm_holds():
     policy = CountingPolicy(contract())
-    runner = PolicyRunner(policy, RunnerConfig(mode="sync", sim_latency_ms=0), fps=FPS, simulated=True, seed=40)
+    runner = PolicyRunner(policy, RunnerConfig(mode="sync", sim_latency_ms=0), fps=FPS, simulated=True, seed=40, warmup=False)
     run(runner, 3, episode=2)
     runner.end_episode()
     held = runner.next_action({STATE: np.full(6, 99.0, np.float32), FORCE: np.zeros(6, np.float32)}, "x")
@@ -131,7 +131,7 @@ def test_episodes_seed_the_policy_and_between_episodes_the_arm_holds():
 
 
 def test_a_failing_policy_is_one_hardware_error_and_bad_chunks_never_reach_the_robot():
-    runner = PolicyRunner(CountingPolicy(contract(), fail_on=0), RunnerConfig(), fps=FPS, simulated=True)
+    runner = PolicyRunner(CountingPolicy(contract(), fail_on=0), RunnerConfig(), fps=FPS, simulated=True, warmup=False)
     with pytest.raises(InferenceError, match="fell over"):
         run(runner, 1)
 
@@ -141,7 +141,7 @@ def test_a_failing_policy_is_one_hardware_error_and_bad_chunks_never_reach_the_r
             chunk.actions[3, 2] = np.nan
             return chunk
 
-    runner = PolicyRunner(NaNPolicy(contract()), RunnerConfig(), fps=FPS, simulated=True)
+    runner = PolicyRunner(NaNPolicy(contract()), RunnerConfig(), fps=FPS, simulated=True, warmup=False)
     with pytest.raises(InferenceError, match="non-finite"):
         run(runner, 1)
 
@@ -156,7 +156,7 @@ def test_async_on_the_wall_clock_does_not_block_the_loop():
             release.wait(5)
             return super().infer(observation)
 
-    runner = PolicyRunner(SlowPolicy(contract()), RunnerConfig(mode="async"), fps=FPS, simulated=False)
+    runner = PolicyRunner(SlowPolicy(contract()), RunnerConfig(mode="async"), fps=FPS, simulated=False, warmup=False)
     sent = run(runner, 5)                       # the request is still computing: the loop goes on
     assert all(np.array_equal(a, np.zeros(6)) for a in sent)
     release.set()
@@ -168,7 +168,7 @@ def test_async_on_the_wall_clock_does_not_block_the_loop():
 
 def test_async_errors_from_the_background_request_surface_in_the_loop():
     runner = PolicyRunner(CountingPolicy(contract(), fail_on=0), RunnerConfig(mode="async"), fps=FPS,
-                          simulated=False)
+                          simulated=False, warmup=False)
     runner.connect()
     runner.start_episode(0)
     frame = {STATE: np.zeros(6, np.float32), FORCE: np.zeros(6, np.float32)}
@@ -241,8 +241,25 @@ def test_an_unavailable_policy_holds_the_arm_and_is_asked_again():
 
     for mode in ("sync", "async"):
         runner = PolicyRunner(FlakyPolicy(contract()), RunnerConfig(mode=mode, sim_latency_ms=0), fps=FPS,
-                              simulated=True)
+                              simulated=True, warmup=False)
         sent = run(runner, 10)
         assert all(np.array_equal(a, np.zeros(6)) for a in sent[:3])      # held still, no stale chunk
         assert [a[0] for a in sent[3:]] == list(range(3, 10))              # asked again at tick 3
         assert runner.end_episode()["inference/unavailable_ticks"] == 3
+
+
+def test_connect_warms_the_policy_up_on_a_blank_observation_outside_the_figures():
+    policy = CountingPolicy(contract(force_window=3), infer_ms=500.0)
+    runner = PolicyRunner(policy, RunnerConfig(mode="sync", sim_latency_ms=0), fps=FPS, simulated=True)
+    runner.connect()
+    (warm,) = policy.observations
+    assert warm["task"] == "warm-up" and warm[FORCE].shape == (3, 6) and not warm[STATE].any()
+    run(runner, 2)
+    assert runner.end_episode()["inference/chunks"] == 1 and runner.latencies_ms == [500.0]
+
+    class Broken(CountingPolicy):
+        def infer(self, observation):
+            raise InferenceError("export is broken")
+
+    with pytest.raises(InferenceError, match="broken"):
+        PolicyRunner(Broken(contract()), fps=FPS, simulated=True).connect()

@@ -22,6 +22,22 @@ from rlbench_sms.features import FORCE, PAD_SUFFIX, STATE, channels_first, is_ca
 from rlbench_sms.runtime.contract import PolicyContract, device_key
 
 
+def blank_frame(contract: PolicyContract, rename: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+    """A device frame of zeros with every feature the policy reads (device names and layout): for
+    a first inference before the episode (warm-up, and a check that the policy runs at all)."""
+    frame: dict[str, np.ndarray] = {}
+    for key, spec in contract.inputs.items():
+        source = device_key(key, dict(rename or {}))
+        if is_camera_key(key):
+            height, width, channels = spec.shape
+            depth = channels == 1
+            frame[source] = np.zeros((height, width) if depth else (height, width, channels),
+                                     np.uint16 if depth else np.uint8)
+        else:
+            frame[source] = np.zeros(spec.shape, np.bool_ if spec.dtype == "bool" else np.float32)
+    return frame
+
+
 class ObservationBuilder:
     """Builds the policy's observation from every tick's device frame; keeps the force history.
 
@@ -84,4 +100,4 @@ class ObservationBuilder:
         return {FORCE: np.stack(padded).astype(np.float32), FORCE + PAD_SUFFIX: pad}
 
 
-__all__ = ["ObservationBuilder", "channels_first"]
+__all__ = ["ObservationBuilder", "blank_frame"]

@@ -37,7 +37,7 @@ import numpy as np
 from rlbench_sms.features import STATE, FeatureSpec
 from rlbench_sms.hardware.contracts import ActionSource, HardwareError
 from rlbench_sms.runtime.inference import ActionChunk, InferenceError, InferencePolicy, PolicyUnavailable
-from rlbench_sms.runtime.observation import ObservationBuilder
+from rlbench_sms.runtime.observation import ObservationBuilder, blank_frame
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +144,16 @@ class PolicyRunner(ActionSource):
 
     ``fps``: the loop's rate (ticks per second). ``simulated``: the loop runs on the twin's clock
     (latency modelled in ticks); else on the wall clock (a request really takes its time).
-    ``seed``: episode ``i`` samples its noise from ``seed + i``.
+    ``seed``: episode ``i`` samples its noise from ``seed + i``. ``warmup``: one inference on a
+    blank observation at :meth:`connect`.
     """
 
     name = "policy"
 
     def __init__(self, policy: InferencePolicy, config: RunnerConfig | None = None, *, fps: int,
-                 simulated: bool, seed: int = 0, rename: Mapping[str, str] | None = None):
+                 simulated: bool, seed: int = 0, rename: Mapping[str, str] | None = None, warmup: bool = True):
         self.policy = policy
+        self.warmup = warmup
         self.config = config or RunnerConfig()
         self.fps = int(fps)
         self.simulated = simulated
@@ -174,6 +176,14 @@ class PolicyRunner(ActionSource):
         return self.contract.action
 
     def connect(self) -> None:
+        """One inference on a blank observation before anything moves: the policy is known to run
+        (a broken export fails here, not at the first tick) and its first, slow call (allocation,
+        kernel selection) is not counted in the episodes' latency."""
+        if self.warmup:
+            builder = ObservationBuilder(self.contract, self.builder.rename)
+            builder.push(blank_frame(self.contract, self.builder.rename))
+            self._infer(builder.build("warm-up"))
+            self.latencies_ms.clear()
         self._connected = True
 
     def disconnect(self) -> None:
