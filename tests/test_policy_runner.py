@@ -263,3 +263,42 @@ def test_connect_warms_the_policy_up_on_a_blank_observation_outside_the_figures(
 
     with pytest.raises(InferenceError, match="broken"):
         PolicyRunner(Broken(contract()), fps=FPS, simulated=True).connect()
+
+
+def test_observations_carry_the_actions_executed_so_far():
+    policy = CountingPolicy(contract())
+    runner = PolicyRunner(policy, RunnerConfig(mode="sync", sim_latency_ms=300), fps=FPS, simulated=True,
+                          warmup=False)
+    run(runner, 2 * (CHUNK + 9))
+    # Asked at tick 0 and at tick 59 (after 9 ticks of waiting and 50 actions): timestep 0 then 50.
+    assert [o["timestep"] for o in policy.observations] == [0, 50]
+
+
+def test_a_replay_serves_the_recording_from_where_the_runner_is(small_sample):
+    from rlbench_sms.data.reader import DatasetReader
+    from rlbench_sms.runtime.replay_policy import ReplayPolicy
+
+    with DatasetReader(small_sample) as reader:
+        columns = reader.load_columns([ACTION, "episode_index"])
+    recorded = columns[ACTION][columns["episode_index"] == 1]
+    replay = ReplayPolicy(small_sample, chunk_size=8)
+    for mode, latency in (("sync", 0), ("sync", 100), ("async", 100)):
+        runner = PolicyRunner(replay, RunnerConfig(mode=mode, sim_latency_ms=latency), fps=FPS, simulated=True)
+        sent = np.array([a for a in run(runner, len(recorded), episode=1) if a is not None])
+        executed = sent[runner.stats["empty_queue_ticks"]:] if mode == "async" else sent
+        if mode == "sync" and latency:
+            # Each chunk: 3 ticks standing still (the last action held), then its 8 recorded actions.
+            expected, held, step = [], np.zeros(6, np.float32), 0
+            while len(expected) < len(sent):
+                expected += [held] * 3 + list(recorded[step: step + 8])
+                step += 8
+                held = expected[-1]
+            np.testing.assert_array_equal(sent, np.array(expected[: len(sent)]))
+        elif mode == "sync":
+            np.testing.assert_array_equal(executed, recorded)
+        else:
+            # After the first chunk's latency (3 ticks) it runs the recording without a gap (overlapping
+            # chunks agree; their weighted average only rounds).
+            np.testing.assert_allclose(executed, recorded[3: 3 + len(executed)], rtol=0, atol=1e-4)
+    with pytest.raises(InferenceError, match="no recorded episode 99"):
+        replay.reset(99)

@@ -42,6 +42,7 @@ from rlbench_sms.runtime.observation import ObservationBuilder, blank_frame
 log = logging.getLogger(__name__)
 
 MODES = ("sync", "async")
+TIMESTEP_KEY = "timestep"       # in every observation sent: the step its chunk starts at (see _request)
 MS_PER_S = 1000.0
 
 
@@ -182,7 +183,7 @@ class PolicyRunner(ActionSource):
         if self.warmup:
             builder = ObservationBuilder(self.contract, self.builder.rename)
             builder.push(blank_frame(self.contract, self.builder.rename))
-            self._infer(builder.build("warm-up"))
+            self._infer({**builder.build("warm-up"), TIMESTEP_KEY: 0})
             self.latencies_ms.clear()
         self._connected = True
 
@@ -248,6 +249,12 @@ class PolicyRunner(ActionSource):
     # -- requests ------------------------------------------------------------------------------
     def _request(self, tick: int, task: str) -> None:
         observation = self.builder.build(task)
+        # The step the chunk's first action is for (LeRobot's TimedObservation.timestep): in sync mode
+        # the actions executed so far (the arm stood still while waiting: no step passed); in async
+        # mode the tick (actions for ticks that pass while waiting are dropped: those steps pass).
+        # A model ignores it; a replay of recorded actions reads its place in the recording from it.
+        executed = self.stats["ticks"] - self.stats["empty_queue_ticks"]
+        observation[TIMESTEP_KEY] = tick if self.config.mode == "async" else executed
         try:
             self._start_request(tick, observation)
         except PolicyUnavailable as why:
