@@ -51,7 +51,9 @@ def test_small_sample_is_valid_and_informative(small_sample):
     first = slice(0, FPS)
     for key in (STATE, ACTION):                     # the arm moves in the approach
         assert np.ptp(columns[key][first, :4], axis=0).max() > 10, key
-    assert np.abs(columns[FORCE]).max() > 0.1       # tared, then the arm's accelerations show
+    # Tared, then the arm's accelerations show: tens of mN (the gripper's own weight is
+    # compensated, so tilting the wrist alone reads ~0).
+    assert np.abs(columns[FORCE]).max() > 0.005
     assert np.abs(columns[FORCE][0]).max() < 1e-4
     assert columns[TIP_VALID].all()                 # the cube is in view while the arm approaches
     assert depth.dtype == np.uint16 and (depth > 0).mean() > 0.8

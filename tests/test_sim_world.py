@@ -251,7 +251,8 @@ def test_force_sensor_weighs_a_mass_added_at_the_wrist(world):
         np.testing.assert_allclose(reading.value[:3], expected, rtol=0.03, atol=0.01)
         assert reading.timestamp == world.time and reading.value.dtype == np.float32
         assert reading.raw.shape == (3 * FPS * world.substeps, 6)
-        np.testing.assert_allclose(reading.raw[-1], world.ft_wrench(), atol=1e-3)   # untared
+        # raw: untared, the tool's own weight removed (gravity compensation, on by default).
+        np.testing.assert_allclose(reading.raw[-1], world.ft_wrench() - world.ft_tool_load(), atol=1e-3)
         assert sensor.read().raw.shape == (0, 6)           # nothing new since the last read
     finally:
         world.model.body_mass[gripper] = mass

@@ -47,6 +47,7 @@ class PhysicsConfig:
     max_timestep_s: float = 0.002      # a tick is ceil((1/fps) / this) equal substeps
     settle_s: float = 0.3              # physics run at reset so objects come to rest (no clock time)
     force_buffer_samples: int = 100_000   # raw F/T samples kept between two reads (older dropped)
+    ramp_servo_goals: bool = True      # a command ramps the servos' goals over the next tick (world.py)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ Every reading is stamped with the world's simulated time; the robot exposes the 
 Units are the SO-100 follower's: degrees for the five arm joints, the gripper 0 (closed, the
 joint's lower limit) .. 100 (open, its upper limit), linear over the joint's range; depth uint16
 millimetres (0 = nothing within ``sim.cameras.far_m``); force N and N.m in the wrist sensor's
-frame, tared.
+frame, the gripper's own weight removed (``gravity_compensation``), tared.
 """
 
 from __future__ import annotations
@@ -312,6 +312,16 @@ class SimForceSensorConfig:
     # Take the tare again after every world reset (a new episode starts from another state; the
     # recorder tares before the robot's start_episode resets the world).
     retare_on_reset: bool = True
+    # Subtract the tool's weight (gripper and jaw, below the sensor; from the model) at the
+    # sensor's present orientation, as an F/T sensor configured with its tool load does. The
+    # sensor turns with the gripper, so without it ~1 N of the gripper's own weight moves between
+    # the axes as the wrist tilts and a tare at one pose is wrong at every other.
+    gravity_compensation: bool = True
+    # true: the control-rate value is the mean of the tick's physics samples (a boxcar over one
+    # control period, an anti-alias filter: sub-tick transients such as contact impacts are
+    # averaged, not aliased; it lags by half a tick). false: the state at the tick's end, as the
+    # serial sensor's driver gives its newest sample.
+    tick_average: bool = False
 
 
 class SimForceSensor(_SimDevice, ForceSensor):
@@ -322,9 +332,17 @@ class SimForceSensor(_SimDevice, ForceSensor):
     weight pointing *up*; pressing the jaws on the table adds the pressing force (pointing into
     the table).
 
-    ``read`` gives the tared value at the world's time and every physics-step sample since the
-    previous read (untared, in ``raw``). ``tare`` zeroes on the current reading (the world is at
-    rest after a reset).
+    With ``gravity_compensation`` every sample has the tool's own gravity wrench removed (the
+    gripper's subtree, masses and centre of mass from the model, at that sample's orientation:
+    :meth:`~rlbench_sms.sim.world.SimWorld.ft_tool_load`): the free gripper at rest reads ~0 in
+    any pose, a held cube reads its weight, pressing reads the pressing force. ``tare`` then
+    removes only what remains. With ``tick_average`` the value is the mean over the last tick's
+    physics samples (:meth:`~rlbench_sms.sim.world.SimWorld.ft_tick_mean`), else the state at
+    the tick's end.
+
+    ``read`` gives the tared value at the world's time and, in ``raw``, every physics-step sample
+    since the previous read: untared, not averaged, gravity-compensated when the value is.
+    ``tare`` zeroes on the current value (the world is at rest after a reset).
     """
 
     def __init__(self, world: Mapping | Any, config: SimForceSensorConfig | Mapping | None = None, **given):
@@ -339,7 +357,7 @@ class SimForceSensor(_SimDevice, ForceSensor):
 
     def connect(self) -> None:
         world = self._open_world()
-        world.drain_force_samples()               # "since the previous read": nothing before connect
+        world.drain_force_record()                # "since the previous read": nothing before connect
         self._offset[:] = 0.0
         self._tared = False
         if self.config.retare_on_reset:
@@ -350,18 +368,27 @@ class SimForceSensor(_SimDevice, ForceSensor):
             self.world.remove_reset_listener(self._on_reset)
         self.world = None
 
+    def _untared(self, world) -> np.ndarray:
+        """(6,) the current value before the tare (averaged and compensated as configured)."""
+        if self.config.tick_average:
+            wrench, tool_load = world.ft_tick_mean()
+        else:
+            wrench, tool_load = world.ft_wrench(), world.ft_tool_load()
+        return wrench - tool_load if self.config.gravity_compensation else wrench
+
     def _on_reset(self, world) -> None:
         if self._tared:
-            self._offset = world.ft_wrench()
+            self._offset = self._untared(world)
 
     def tare(self) -> np.ndarray:
         world = self._require_world()
-        self._offset = world.ft_wrench()
+        self._offset = self._untared(world)
         self._tared = True
         return self._offset.astype(np.float32)
 
     def read(self) -> ForceReading:
         world = self._require_world()
-        times, raw = world.drain_force_samples()
-        value = (world.ft_wrench() - self._offset).astype(np.float32)
-        return ForceReading(value, world.time, raw.astype(np.float32), times)
+        record = world.drain_force_record()
+        raw = record.wrench - record.tool_load if self.config.gravity_compensation else record.wrench
+        value = (self._untared(world) - self._offset).astype(np.float32)
+        return ForceReading(value, world.time, raw.astype(np.float32), record.times)

@@ -14,8 +14,19 @@ frames, joints and forces on every run.
 
 Readings are taken at the end of a tick (``mj_forward`` after the substeps), so joints, images
 and the force value all describe the state at ``time``. The wrist force/torque sensor is also
-sampled at every physics step (``tick`` collects them): :meth:`drain_force_samples` hands them
-out, stamped with the time of the state they were computed from.
+sampled at every physics step (``tick`` collects them): :meth:`drain_force_record` hands them
+out, stamped with the time of the state they were computed from, each with the wrench the
+sensor's tool (the gripper's subtree) takes to hold up against gravity in that state
+(:meth:`ft_tool_load`); :meth:`ft_tick_mean` is their mean over the last tick.
+
+Servo goals (``sim.physics.ramp_servo_goals``): a command sent between two ticks is not a step
+of the position servos' goal but a ramp over the next tick, from the previous command (reached
+at the tick's start) to the new one (at its end). The arm's servos are stiff (the package's
+kp ~ 1000 N.m/rad saturates their 3.35 N.m at a 0.2 degree error) and ring at ~30 Hz, the control
+rate: stepping their goals every tick kicks them to full torque each time, the joints shake at
+~15 deg/s rms and the wrist reads 1-2.5 N of that shaking while the arm moves. A real
+STS3215 does not jump either: its acceleration-limited profile spreads a goal change over tens
+of milliseconds.
 
 Units here are MuJoCo's: radians, metres, newtons. The devices (:mod:`rlbench_sms.sim.devices`)
 convert to the dataset's degrees and gripper 0-100.
@@ -27,7 +38,7 @@ import collections
 import threading
 import time as wall_time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,6 +55,14 @@ CUBE_GEOM = "cube_geom"
 # A deadline within this fraction of a tick counts as reached: ticks / fps and the loop's
 # anchor + k / fps differ by float rounding only.
 _DEADLINE_TOLERANCE_TICKS = 1e-6
+
+
+class ForceSamples(NamedTuple):
+    """Physics-rate samples of the wrist force/torque sensor (see :meth:`SimWorld.drain_force_record`)."""
+
+    times: np.ndarray         # (N,) s, on the world's clock: the state each sample was computed from
+    wrench: np.ndarray        # (N, 6) fx, fy, fz (N), tx, ty, tz (N.m), site frame, untared
+    tool_load: np.ndarray     # (N, 6) the tool's gravity wrench in that state (ft_tool_load)
 
 
 class SimClock:
@@ -110,6 +129,13 @@ class SimWorld:
         force, torque = (self._name_id(obj.mjOBJ_SENSOR, n) for n in (FT_FORCE_SENSOR, FT_TORQUE_SENSOR))
         self._ft_slices = (slice(m.sensor_adr[force], m.sensor_adr[force] + 3),
                            slice(m.sensor_adr[torque], m.sensor_adr[torque] + 3))
+        self._ft_index = np.r_[self._ft_slices[0], self._ft_slices[1]]       # into sensordata
+        # The sensor's tool: every body below the site (the gripper and its moving jaw), with
+        # the masses as compiled (a "configured tool load": later edits of body_mass, e.g. a
+        # test's payload, are loads the sensor should see, not part of the tool).
+        self._tool_bodies = self._subtree(int(m.site_bodyid[self.ft_site]))
+        self._tool_masses = m.body_mass[self._tool_bodies].copy()
+        self.tool_mass_kg = float(self._tool_masses.sum())
         self.home_qpos = self._home_radians()
         # What reset() randomises, as compiled: each episode starts from these.
         self._nominal = {
@@ -123,8 +149,13 @@ class SimWorld:
         self.cube_size_m = float(2 * self._nominal["geom_size"][0])
         self._ticks = 0
         self._state_id = 0
-        self._force_samples: collections.deque[tuple[float, np.ndarray]] = collections.deque(
+        # (time, wrench (6,), tool load (6,)) per physics step since the last drain.
+        self._force_samples: collections.deque[tuple[float, np.ndarray, np.ndarray]] = collections.deque(
             maxlen=int(self.config.physics.force_buffer_samples))
+        self._ft_mean: tuple[np.ndarray, np.ndarray] | None = None     # the last tick's (see ft_tick_mean)
+        self._ft_mean_state = -1
+        self.ramp_servo_goals = bool(self.config.physics.ramp_servo_goals)
+        self._goal_start = np.zeros(len(ARM_JOINTS))     # the servo goals at the next tick's start
         self.force_samples_dropped = 0
         self._renderers: dict[tuple[int, int], CameraRenderer] = {}
         self._reset_listeners: list[Callable[["SimWorld"], None]] = []
@@ -141,6 +172,15 @@ class SimWorld:
         if index < 0:
             raise ValueError(f"MuJoCo twin: the scene has no {str(kind).split('_')[-1].lower()} {name!r}")
         return int(index)
+
+    def _subtree(self, root: int) -> np.ndarray:
+        """Body ids of ``root`` and all its descendants."""
+        parents = self.model.body_parentid
+        inside = [root]
+        for body in range(root + 1, self.model.nbody):          # MuJoCo lists parents before children
+            if int(parents[body]) in inside:
+                inside.append(body)
+        return np.array(inside)
 
     def body_id(self, name: str) -> int:
         return self._name_id(self._mujoco.mjtObj.mjOBJ_BODY, name)
@@ -164,22 +204,48 @@ class SimWorld:
         return self._state_id
 
     def tick(self) -> None:
-        """Advance exactly one control period: ``substeps`` physics steps with the actuators' ctrl
-        held, sampling the wrist force/torque at every step."""
+        """Advance exactly one control period: ``substeps`` physics steps, sampling the wrist
+        force/torque at every step. The servos' goals are the commanded ctrl held over the tick,
+        or (``ramp_servo_goals``) a linear ramp from the previous command to it."""
         mujoco, m, d = self._mujoco, self.model, self.data
-        base = self._ticks * self.substeps
-        rate = self.fps * self.substeps
-        force, torque = self._ft_slices
-        for k in range(self.substeps):
+        n = self.substeps
+        base = self._ticks * n
+        rate = self.fps * n
+        goal = d.ctrl[self._actuators].copy()
+        start = self._goal_start if self.ramp_servo_goals else goal
+        goals = start + np.outer(np.arange(n) / n, goal - start)       # (n, actuators) per substep
+        # Rows 0..n-1: the states the substeps' sensors were computed on (mj_step computes
+        # sensors and kinematics on the state before it integrates: stamp that state); row n:
+        # the tick's end.
+        wrench = np.empty((n + 1, 6))
+        poses = np.empty((n + 1, len(self._tool_bodies) + 4, 3))        # site R (3 rows), site p, COMs
+        sensors, site = d.sensordata, self.ft_site
+        xmat, xpos, xipos = d.site_xmat, d.site_xpos, d.xipos
+
+        def sample(row: int) -> None:
+            wrench[row] = sensors[self._ft_index]
+            poses[row, :3] = xmat[site].reshape(3, 3)
+            poses[row, 3] = xpos[site]
+            poses[row, 4:] = xipos[self._tool_bodies]
+
+        for k in range(n):
+            d.ctrl[self._actuators] = goals[k]
             mujoco.mj_step(m, d)
-            # mj_step computed the sensors on the state before it integrated: stamp that state.
+            sample(k)
+        d.ctrl[self._actuators] = goal             # the command stays what was sent
+        self._ticks += 1
+        mujoco.mj_forward(m, d)                    # positions, images and sensors at the new time
+        sample(n)
+        self._goal_start = goal
+        self._state_id += 1
+        load = self._tool_loads(poses)
+        for k in range(n):
             if len(self._force_samples) == self._force_samples.maxlen:
                 self.force_samples_dropped += 1
-            self._force_samples.append(((base + k) / rate,
-                                        np.concatenate([d.sensordata[force], d.sensordata[torque]])))
-        self._ticks += 1
-        mujoco.mj_forward(m, d)            # positions, images and sensors at the new time
-        self._state_id += 1
+            self._force_samples.append(((base + k) / rate, wrench[k], load[k]))
+        # The tick's window (time - 1/fps, time]: row 0 is the previous tick's end state.
+        self._ft_mean = (wrench[1:].mean(axis=0), load[1:].mean(axis=0))
+        self._ft_mean_state = self._state_id
 
     # -- episodes -------------------------------------------------------------------------------
     def add_reset_listener(self, callback: Callable[["SimWorld"], None]) -> None:
@@ -203,6 +269,7 @@ class SimWorld:
         self.appearance = self._randomize_appearance(np.random.default_rng(appearance_seed))
         d.qpos[self._qpos_adr] = self.home_qpos
         d.ctrl[self._actuators] = self.home_qpos
+        self._goal_start = self.arm_ctrl()
         mujoco.mj_forward(m, d)
         self.layout = spec.place(self, np.random.default_rng(layout_seed),
                                  dict(self.config.tasks.get(task, {})))
@@ -296,6 +363,7 @@ class SimWorld:
         self.data.qvel[self._dof_adr] = 0.0
         if hold:
             self.set_arm_ctrl(q)
+            self._goal_start = self.arm_ctrl()     # held there: no ramp from the old goal
         self._mujoco.mj_forward(self.model, self.data)
         self._state_id += 1
 
@@ -354,14 +422,55 @@ class SimWorld:
         force, torque = self._ft_slices
         return np.concatenate([self.data.sensordata[force], self.data.sensordata[torque]])
 
-    def drain_force_samples(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every physics-rate F/T sample since the previous call (or the last reset): times (N,)
-        on the world's clock and values (N, 6), untared."""
+    def ft_tool_load(self) -> np.ndarray:
+        """(6,) what :meth:`ft_wrench` reads, now, from the tool's weight alone: the force and
+        the torque about ``ft_site`` with which the wrist holds up the tool (every body below
+        the site, masses as compiled) against gravity, in the site frame. A tool hanging free
+        and still reads this; subtracting it is a sensor's gravity (tool) compensation."""
+        return self._tool_loads(self._sensor_pose()[None])[0]
+
+    def _sensor_pose(self) -> np.ndarray:
+        """(4 + tool bodies, 3): the site's rotation matrix (3 rows), its position, then the tool
+        bodies' centres of mass, world frame, in the current kinematics (the layout ``tick``
+        fills row by row)."""
+        d = self.data
+        return np.concatenate([d.site_xmat[self.ft_site].reshape(3, 3), d.site_xpos[self.ft_site][None],
+                               d.xipos[self._tool_bodies]])
+
+    def _tool_loads(self, poses: np.ndarray) -> np.ndarray:
+        """(N, 6) the tool's gravity wrench (ft_tool_load) for N stacked :meth:`_sensor_pose`."""
+        rotation, site = poses[:, :3], poses[:, 3]                      # (N, 3, 3), (N, 3)
+        centre = np.einsum("b,nbi->ni", self._tool_masses, poses[:, 4:]) / self.tool_mass_kg
+        hold = -self.tool_mass_kg * self.model.opt.gravity                # (3,) N, world frame
+        torque = np.cross(centre - site, hold)                          # (N, 3) about the site
+        # World -> site frame: v_site = R^T v_world (R, the site's xmat, maps site to world).
+        return np.concatenate([np.einsum("nij,i->nj", rotation, hold),
+                               np.einsum("nij,ni->nj", rotation, torque)], axis=1)
+
+    def ft_tick_mean(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (6,) wrench and (6,) tool load averaged over the physics samples of the last tick:
+        the ``substeps`` states in (time - 1/fps, time]. When the state did not come from a tick
+        (after a reset, a pose set), the instantaneous :meth:`ft_wrench` and :meth:`ft_tool_load`."""
+        if self._ft_mean is None or self._ft_mean_state != self._state_id:
+            return self.ft_wrench(), self.ft_tool_load()
+        return self._ft_mean[0].copy(), self._ft_mean[1].copy()
+
+    def drain_force_record(self) -> ForceSamples:
+        """Every physics-rate F/T sample since the previous drain (or the last reset): times on
+        the world's clock, wrenches (untared) and the tool's gravity wrench in each sample's state."""
         taken = list(self._force_samples)
         self._force_samples.clear()
         if not taken:
-            return np.zeros(0), np.zeros((0, 6))
-        return np.array([t for t, _ in taken]), np.stack([v for _, v in taken])
+            return ForceSamples(np.zeros(0), np.zeros((0, 6)), np.zeros((0, 6)))
+        return ForceSamples(np.array([t for t, _, _ in taken]), np.stack([w for _, w, _ in taken]),
+                            np.stack([g for _, _, g in taken]))
+
+    def drain_force_samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every physics-rate F/T sample since the previous drain (or the last reset): times (N,)
+        on the world's clock and values (N, 6), untared (:meth:`drain_force_record` without the
+        tool loads)."""
+        record = self.drain_force_record()
+        return record.times, record.wrench
 
     # -- rendering ------------------------------------------------------------------------------
     def render(self, camera_name: str, width: int, height: int,
