@@ -33,10 +33,15 @@ system-deps: | $(STAMP)
 	touch $(SYSDEPS_STAMP)
 
 # The main job: build + validate the sample, then train the tiny SmolVLA on it (rgb+depth+force).
+# The demo's runs share one folder per invocation, so the evaluation finds the policy just trained.
+DEMO_DIR := outputs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
+DEMO_SIM := sim.width=320 sim.height=240 sim.wrist_width=320 sim.wrist_height=240
 demo: install
 	$(PY) -m rlbench_sms.data.sample $(SAMPLE) --overwrite
 	$(PY) -m rlbench_sms.data.validate $(SAMPLE)
-	$(PY) train.py experiment=demo
+	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO_DIR)/train
+	$(PY) evaluate.py policy_path=$(DEMO_DIR)/train/policy/best episodes=5 episode_time_s=15 $(DEMO_SIM) \
+	    hydra.run.dir=$(DEMO_DIR)/evaluate
 
 test: install
 	$(PY) -m pytest -q -n 2 -m "not slow"
@@ -51,6 +56,8 @@ bench: install $(SAMPLE)/meta/info.json
 	$(PY) benchmarks/train_throughput.py --dataset $(SAMPLE)
 	$(PY) benchmarks/sim_step.py
 	$(PY) benchmarks/expert_success.py
+	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/async_vs_sync.py
 
 $(SAMPLE)/meta/info.json: | install
 	$(PY) -m rlbench_sms.data.sample $(SAMPLE)

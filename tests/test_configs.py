@@ -40,7 +40,7 @@ PRIMARY_OF_GROUP = {
     "force_sensor": ("record", "evaluate"),
     "tip": ("record", "evaluate"),
     "inference": ("evaluate",),
-    "paths": ("record", "teleoperate", "replay", "train", "evaluate"),
+    "paths": ("record", "teleoperate", "replay", "train", "evaluate", "serve"),
     "sim": ("record", "teleoperate", "replay", "evaluate"),
     **{group: ("train",) for group in (
         "dataset", "policy", "policy/branch/depth", "policy/branch/force", "policy/branch/tip",

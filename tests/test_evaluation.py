@@ -264,3 +264,38 @@ def test_an_evaluation_sweep_writes_a_table_and_a_plot(exported, tmp_path):
     assert (sweep / "summary.png").stat().st_size > 0
     records = sorted(json.loads(p.read_text())["seed"] for p in sweep.rglob("run.json"))
     assert records == [0, 1]
+
+
+# ------------------------------------------------------------------------- the expert, replayed
+@pytest.fixture(scope="module")
+def expert_push(tmp_path_factory):
+    """One whole scripted-expert episode of push (seed 7) at 48x64."""
+    from optional_deps import require_mujoco_rendering
+
+    require_mujoco_rendering()
+    from rlbench_sms.data.sample import SampleConfig, build_sample
+
+    config = SampleConfig(height=48, width=64, episode_seconds=12.0, task="push", instruction="push the cube",
+                          cache_dir=str(tmp_path_factory.mktemp("expert_cache")))
+    return build_sample(tmp_path_factory.mktemp("expert") / "ds", 1, config, seed=7, show_progress=False)
+
+
+@pytest.mark.parametrize("inference", [["inference=local"], ["inference=async", "inference.sim_latency_ms=300"]])
+def test_the_replayed_expert_succeeds_and_the_episode_stops_at_the_success(expert_push, tmp_path, inference):
+    from rlbench_sms.runtime.evaluation import evaluate
+    from rlbench_sms.runtime.replay_policy import ReplayPolicy
+
+    cfg = eval_config(expert_push, tmp_path / "run", tmp_path / "cache", "sim.task=push", "held_out_seed_base=7",
+                      "episodes=1", "episode_time_s=20", *inference)
+    assert evaluate(cfg, policy=ReplayPolicy(expert_push)) == 0
+    (episode,) = json.loads((tmp_path / "run/eval.json").read_text())["episodes"]
+    assert episode["success"] is True and episode["seed"] == 7
+    recorded = DatasetMeta.load(expert_push).episodes[0].length
+    assert episode["frames"] < recorded        # stopped at the success, before the recording's end
+
+
+def test_tokens_never_reach_the_results():
+    from rlbench_sms.runtime.evaluation import redacted
+
+    assert redacted(["seed=1", "token=s3cret", "inference.token=abc", "+token=x", "server=gpu:8765"]) == [
+        "seed=1", "token=<redacted>", "inference.token=<redacted>", "+token=<redacted>", "server=gpu:8765"]

@@ -35,7 +35,7 @@ from rlbench_sms.hardware.contracts import HardwareError
 from rlbench_sms.runtime.clock import clock_of
 from rlbench_sms.runtime.contract import ContractError, check_devices, load_contract, resolution_notes
 from rlbench_sms.runtime.eval_report import EpisodeOutcome, outcome_from_metadata, rate_line, write_results
-from rlbench_sms.runtime.inference import InferenceError
+from rlbench_sms.runtime.inference import InferenceError, InferencePolicy
 from rlbench_sms.runtime.keyboard import TerminalKeys
 from rlbench_sms.runtime.policy_runner import PolicyRunner, RunnerConfig
 from rlbench_sms.runtime.record_app import open_dataset
@@ -51,11 +51,19 @@ VIDEOS_DIR = "videos"
 
 
 def build_policy(cfg: DictConfig):
-    """The :class:`InferencePolicy` for ``inference.mode``'s transport (local here)."""
+    """The :class:`InferencePolicy` for ``inference``: a :class:`~rlbench_sms.serving.client.RemotePolicy`
+    when ``inference.server`` names a policy server (``inference=remote``, or ``inference=async
+    server=...``), else the policy in this process."""
     inference = cfg.inference
-    if inference.get("server"):
-        raise ContractError("inference.server: remote inference is not available in this build yet; "
-                            "use inference=local")
+    server = inference.get("server")
+    if server:
+        from rlbench_sms.serving.client import CLIENT_SETTINGS, RemotePolicy
+
+        settings = {key: inference[key] for key in CLIENT_SETTINGS if inference.get(key) is not None}
+        return RemotePolicy(str(server), inference.get("token"), **settings)
+    if inference.get("transport") == "remote":
+        raise ContractError("inference=remote needs the policy server's address: server=gpu-box:8765 "
+                            "(python -m rlbench_sms.serving.server policy_path=... runs one)")
     from rlbench_sms.runtime.local_policy import LocalPolicy
 
     return LocalPolicy(cfg.policy_path, device=str(inference.device), vlm_path=cfg.get("vlm_path"),
@@ -97,10 +105,12 @@ class EvaluationError(Exception):
         self.code = code
 
 
-def evaluate(cfg: DictConfig, keys: TerminalKeys | None = None, status: StatusLine | None = None) -> int:
+def evaluate(cfg: DictConfig, keys: TerminalKeys | None = None, status: StatusLine | None = None,
+             policy: InferencePolicy | None = None) -> int:
     """Run the evaluation ``cfg`` describes; returns the exit code. Every run folder gets a
     ``run.json`` (status, overrides, the success rate and timing as metrics, or the error) that the
-    sweep summary of ``evaluate.py -m`` reads."""
+    sweep summary of ``evaluate.py -m`` reads. ``policy``: an :class:`InferencePolicy` to evaluate
+    instead of the one ``policy_path`` / ``inference`` name (a benchmark's replay of the expert)."""
     problem = check_required(cfg)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -108,7 +118,7 @@ def evaluate(cfg: DictConfig, keys: TerminalKeys | None = None, status: StatusLi
     run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else Path(HydraConfig.get().runtime.output_dir)
     started = time.monotonic()
     try:
-        result = run_evaluation(cfg, run_dir, keys, status)
+        result = run_evaluation(cfg, run_dir, keys, status, policy)
     except EvaluationError as error:
         print(f"error: {error}", file=sys.stderr)
         write_run_record(run_dir, cfg, FAILED, time.monotonic() - started, error=str(error))
@@ -127,42 +137,71 @@ def write_run_record(run_dir: Path, cfg: DictConfig, status: str, duration_s: fl
                    "eval/mean_episode_time_s": summary["mean_episode_time_s"],
                    "eval/latency_p50_ms": summary["latency_p50_ms"], "eval/empty_queue_ticks": summary["empty_queue_ticks"]}
     overrides, _, _ = hydra_runtime()
-    record = {"status": status, "overrides": overrides, "metrics": {k: v for k, v in metrics.items() if v is not None},
-              "duration_s": duration_s, "error": error, "seed": int(cfg.seed), "policy_path": str(cfg.policy_path)}
+    record = {"status": status, "overrides": redacted(overrides),
+              "metrics": {k: v for k, v in metrics.items() if v is not None}, "duration_s": duration_s,
+              "error": error, "seed": int(cfg.seed), "policy": policy_name(cfg)}
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / RUN_FILE, record)
 
 
-def prepare(cfg: DictConfig):
-    """The contract, the devices (built, not connected) and the policy, checked against each other."""
+def policy_name(cfg: DictConfig) -> str:
+    """What the results call the policy: its directory, or the server it runs on."""
+    server = cfg.inference.get("server")
+    return str(cfg.policy_path) if cfg.get("policy_path") else f"policy server {server}" if server else "?"
+
+
+SECRET_KEYS = ("token",)          # never written to eval.json or run.json
+REDACTED = "<redacted>"
+
+
+def redacted(overrides: list[str]) -> list[str]:
+    """Command-line overrides with the value of every ``token`` key hidden."""
+    out = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        out.append(f"{item.split('=', 1)[0]}={REDACTED}" if key.rsplit(".", 1)[-1] in SECRET_KEYS else item)
+    return out
+
+
+def prepare(cfg: DictConfig, policy: InferencePolicy | None = None):
+    """The contract, the devices (built, not connected) and the policy, checked against each other.
+    With a policy server the contract comes from its handshake (no policy files on this machine);
+    otherwise from ``policy_path``."""
     try:
-        contract = load_contract(cfg.policy_path)
+        if policy is None and cfg.inference.get("server"):
+            policy = build_policy(cfg)
+        if policy is None and not cfg.get("policy_path"):
+            raise EvaluationError("policy_path is required, e.g. policy_path=outputs/train/runs/<time>/policy/best "
+                                  "(or inference=remote server=host:port for a policy server)", EXIT_CONFIG)
+        contract = policy.contract if policy is not None else load_contract(cfg.policy_path)
         rename = dict(cfg.get("rename") or {})
         if "sim" in cfg and cfg.sim is not None:
             cfg.sim.seed = held_out_seed(cfg)
         robot = instantiate(cfg.robot)
+        if hasattr(robot, "stop_on_success"):          # the twin judges every tick
+            robot.stop_on_success = bool(cfg.stop_on_success)
         cameras = {name: instantiate(c) for name, c in (cfg.get("cameras") or {}).items()}
         force_sensor = instantiate(cfg.force_sensor) if cfg.get("force_sensor") else None
         sensors = [instantiate(cfg.tip)] if cfg.get("tip") else []
         # Before anything connects or moves: can these devices feed this policy?
         features = {f.key: f for f in recording_features(robot, cameras, force_sensor, sensors)}
-        check_devices(contract, features, int(cfg.fps), rename, where=str(cfg.policy_path))
+        check_devices(contract, features, int(cfg.fps), rename, where=policy_name(cfg))
         for note in resolution_notes(contract, features, rename):
             print(f"note: {note}", file=sys.stderr)
         task = cfg.get("task") or next(iter(contract.extra.get("tasks") or []), None)
         if not task:
-            raise EvaluationError(f"task is required: {cfg.policy_path} does not name the task it was trained "
+            raise EvaluationError(f"task is required: {policy_name(cfg)} does not name the task it was trained "
                                   f"on (e.g. task=\"pick the red cube\")", EXIT_CONFIG)
-        policy = build_policy(cfg)
+        policy = policy if policy is not None else build_policy(cfg)
     except (ContractError, HardwareError, InferenceError, ValueError, FileNotFoundError) as error:
         raise EvaluationError(str(error)) from None
     return contract, rename, robot, cameras, force_sensor, sensors, str(task), policy
 
 
 def run_evaluation(cfg: DictConfig, run_dir: Path, keys: TerminalKeys | None = None,
-                   status: StatusLine | None = None) -> dict[str, Any]:
+                   status: StatusLine | None = None, policy: InferencePolicy | None = None) -> dict[str, Any]:
     """Evaluate, write ``eval.json`` / ``summary.md`` / the videos; returns ``eval.json``'s content."""
-    contract, rename, robot, cameras, force_sensor, sensors, task, policy = prepare(cfg)
+    contract, rename, robot, cameras, force_sensor, sensors, task, policy = prepare(cfg, policy)
     root = Path(cfg.dataset.root) if cfg.dataset.get("root") else run_dir / "dataset"
     config = RecordingConfig(single_task=task, fps=int(cfg.fps), num_episodes=int(cfg.episodes),
                              episode_time_s=float(cfg.episode_time_s), reset_time_s=float(cfg.reset_time_s),
@@ -198,11 +237,13 @@ def run_evaluation(cfg: DictConfig, run_dir: Path, keys: TerminalKeys | None = N
         device_camera = image_key(reverse.get(contract.cameras[0], contract.cameras[0]))
         for outcome in outcomes:
             outcome.video = episode_video(root, run_dir, device_camera, outcome.index)
-    header = {"policy_path": str(cfg.policy_path), "contract_source": contract.source, "modality": contract.modality,
+    inference = {k: (REDACTED if k in SECRET_KEYS and v is not None else v)
+                 for k, v in OmegaConf.to_container(cfg.inference, resolve=True).items()}
+    header = {"policy_path": policy_name(cfg), "contract_source": contract.source, "modality": contract.modality,
               "inference": str(cfg.inference.mode), "robot": OmegaConf.select(cfg, "robot._target_"),
               "rename": rename, "seed": int(cfg.seed), "dataset": str(root),
               "sim": ({"task": cfg.sim.task, "first_layout_seed": int(cfg.sim.seed)} if "sim" in cfg else None),
-              "inference_config": OmegaConf.to_container(cfg.inference, resolve=True)}
+              "inference_config": inference}
     result = write_results(run_dir, header, outcomes)
     print(f"success {rate_line(result['summary'])} over {len(outcomes)} episode(s); "
           f"results in {run_dir}/eval.json and summary.md" + (" - stopped early" if summary.stopped_early else ""))

@@ -66,10 +66,13 @@ class LocalPolicy:
             self._generator.manual_seed(int(seed))
 
     @torch.inference_mode()
-    def infer(self, observation: Mapping[str, Any]) -> ActionChunk:
+    def infer(self, observation: Mapping[str, Any], generator: torch.Generator | None = None) -> ActionChunk:
+        """One chunk for ``observation``. ``generator``: the sampling noise's source (a CPU
+        generator) instead of this policy's own, which :meth:`reset` seeds; a server gives each
+        client session its own, so that one client's reset never changes another's episode."""
         start = time.perf_counter()
         # Drawn on the CPU from the episode's generator, so a seed gives the same noise on any device.
-        noise = torch.randn(self._noise_shape, generator=self._generator)
+        noise = torch.randn(self._noise_shape, generator=self._generator if generator is None else generator)
         try:
             actions = self.policy.predict_action_chunk(dict(observation), noise=noise)
         except (ValueError, KeyError, RuntimeError) as error:

@@ -25,7 +25,10 @@ from rlbench_sms.runtime.policy_runner import TIMESTEP_KEY
 class ReplayPolicy:
     """Serves ``chunk_size`` recorded actions from where the runner is along the recorded episode."""
 
-    def __init__(self, dataset_root: str | Path, chunk_size: int = 50, n_action_steps: int | None = None):
+    def __init__(self, dataset_root: str | Path, chunk_size: int = 50, n_action_steps: int | None = None,
+                 episode: int | None = None):
+        """``episode``: always replay this one (a policy server does not pass the runner's episode
+        seeds on); None: the one ``reset(seed)`` names."""
         self.root = Path(dataset_root)
         meta = DatasetMeta.load(self.root)
         with DatasetReader(self.root) as reader:
@@ -35,10 +38,13 @@ class ReplayPolicy:
         self.contract = PolicyContract({STATE: meta.features[STATE]}, meta.features[ACTION], meta.fps, chunk_size,
                                        n_action_steps or chunk_size, modality="replay", source="replay",
                                        image_size=None, extra={"tasks": list(meta.tasks)})
+        self.fixed_episode = episode
         self.episode = min(self.actions)
+        if episode is not None:
+            self.reset(episode)
 
     def reset(self, seed: int | None = None) -> None:
-        episode = int(seed or 0)
+        episode = int(self.fixed_episode if self.fixed_episode is not None else seed or 0)
         if episode not in self.actions:
             raise InferenceError(f"{self.root}: no recorded episode {episode} to replay "
                                  f"(it has {len(self.actions)})")

@@ -139,6 +139,9 @@ class SimRobot(_SimDevice, Robot):
 
     robot_type = "so101_follower"      # the real arm's type: the same schema as its recordings
     resets_scene = True                # start_episode re-lays the cell: no reset phase is needed
+    # End an episode at the first tick its success detector says success (evaluate.py sets it:
+    # the episode's time is then the time to success). Recording runs every episode to its end.
+    stop_on_success = False
 
     def __init__(self, world: Mapping | Any, config: SimRobotConfig | Mapping | None = None, **given):
         self.name = "sim so101 follower"
@@ -201,6 +204,12 @@ class SimRobot(_SimDevice, Robot):
         except SimConfigError as error:
             raise HardwareError(self.name, str(error)) from None
         return out
+
+    def episode_done(self) -> bool:
+        """With ``stop_on_success``: whether the task is done now (the detector on this state)."""
+        if not self.stop_on_success or self.detector is None or self.world is None:
+            return False
+        return bool(self.detector.result()["sim/success"])
 
     def end_episode(self) -> dict[str, Any]:
         """The task's success detector on the final state: ``sim/success`` and its figures."""
