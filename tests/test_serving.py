@@ -398,8 +398,10 @@ def test_an_oversized_message_is_closed_with_a_reason_and_others_are_served():
         bystander = RemotePolicy(running.address, resize_images=False)
         for message in (b"\0" * 100_000, (b"\0" * 8_000 for _ in range(12))):     # whole, or in fragments
             with raw_session(running.address) as ws:
-                ws.send(message)
+                # The server closes as soon as the limit is passed: while the fragments are still
+                # being sent (the send raises) or after (the next receive does).
                 with pytest.raises(ConnectionClosed) as closed:
+                    ws.send(message)
                     ws.recv(timeout=WAIT_S)
             assert closed.value.rcvd.code == 1009 and "exceeds" in closed.value.rcvd.reason
         # The client checks the server's limit before sending: one line, nothing sent.
