@@ -299,3 +299,19 @@ def test_tokens_never_reach_the_results():
 
     assert redacted(["seed=1", "token=s3cret", "inference.token=abc", "+token=x", "server=gpu:8765"]) == [
         "seed=1", "token=<redacted>", "inference.token=<redacted>", "+token=<redacted>", "server=gpu:8765"]
+
+
+def test_a_lerobot_pretrained_model_without_our_sidecar_evaluates(small_sample, tiny_vlm_dir, tmp_path, capsys):
+    """A checkpoint as LeRobot saves it (no rlbench_sms.json): the contract comes from config.json,
+    said in one line; the task must then be given."""
+    from rlbench_sms.runtime.evaluation import evaluate
+
+    policy = make_export(tmp_path / "pretrained_model", small_sample, tiny_vlm_dir, modality="rgb")
+    (policy / "rlbench_sms.json").unlink()
+    cfg = eval_config(policy, tmp_path / "run", tmp_path / "cache", "episodes=1")
+    assert evaluate(cfg) == 2
+    assert "task is required" in capsys.readouterr().err
+    cfg = eval_config(policy, tmp_path / "run", tmp_path / "cache", "episodes=1", "task=push the cube")
+    assert evaluate(cfg) == 0
+    result = json.loads((tmp_path / "run/eval.json").read_text())
+    assert result["contract_source"] == "lerobot" and result["episodes"][0]["task"] == "push the cube"

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -47,11 +48,19 @@ def time_embedding(t: Tensor, dim: int, min_period: float, max_period: float) ->
     if t.ndim not in (1, 2):
         raise ValueError(f"time must be (B,) or (B, T), got shape {tuple(t.shape)}")
     dtype = torch.float32 if t.device.type == "mps" else torch.float64
-    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=dtype, device=t.device)
-    period = min_period * (max_period / min_period) ** fraction
-    angular = 1.0 / period * 2 * math.pi
-    arg = t[..., None] * angular
+    arg = t[..., None] * _angular_frequencies(dim, min_period, max_period, dtype, t.device)
     return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
+
+
+@functools.lru_cache(maxsize=16)
+def _angular_frequencies(dim: int, min_period: float, max_period: float, dtype: torch.dtype,
+                         device: torch.device) -> Tensor:
+    """2 pi / period for the dim / 2 periods; the same every denoising step, so made once (read-only).
+    Made outside inference mode, so that training can use what inference cached."""
+    with torch.inference_mode(False):
+        fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=dtype, device=device)
+        period = min_period * (max_period / min_period) ** fraction
+        return 1.0 / period * 2 * math.pi
 
 
 def make_att_2d_masks(pad_masks: Tensor, ar_masks: Tensor) -> Tensor:

@@ -68,6 +68,9 @@ logger = logging.getLogger(__name__)
 ACTION = "action"
 STATE = "observation.state"
 ACTION_IS_PAD = "action_is_pad"
+# Tokenised task batches kept by SmolVLAPolicy (a runner asks with the same task text every chunk);
+# past this many distinct ones (training batches mix tasks) the memo starts afresh.
+TOKEN_CACHE_SIZE = 64
 
 
 def resolve_vlm_dir(vlm_path: str | Path | None, config: SmolVLAConfig) -> Path:
@@ -154,6 +157,7 @@ class SmolVLAPolicy(nn.Module):
         self._init_branches(branches, meta=_empty)
         self.normalizer = self.unnormalizer = None
         self.eps = proc.eps
+        self._token_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
         if not _defer_stats:
             self._set_stats(dataset_stats, proc)
         self.reset()
@@ -353,8 +357,7 @@ class SmolVLAPolicy(nn.Module):
             lang_tokens = batch[LANG_TOKENS]
             lang_masks = batch.get(LANG_MASK, torch.ones_like(lang_tokens, dtype=torch.bool)).bool()
         elif "task" in batch:
-            lang_tokens, lang_masks = tokenize_tasks(self.tokenizer, batch["task"], self.tokenizer_max_length,
-                                                     self.padding, device=device)
+            lang_tokens, lang_masks = self._tokenize(batch["task"], device)
         else:
             raise KeyError("batch has neither 'task' nor 'observation.language.tokens'")
         batch = self.normalizer.normalize_batch(batch)
@@ -368,6 +371,19 @@ class SmolVLAPolicy(nn.Module):
         actions = pad_last_dim(batch[ACTION], self.config.max_action_dim) if ACTION in batch else None
         return PreparedInputs(images, img_masks, lang_tokens, lang_masks, state, actions, batch.get(ACTION_IS_PAD),
                               self.branches.token_groups(batch))
+
+    def _tokenize(self, tasks: str | Sequence[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        """:func:`tokenize_tasks` with this policy's settings, memoised by the task texts and those
+        settings. Returns copies: callers may edit them."""
+        key = (self.tokenizer, self.tokenizer_max_length, self.padding,
+               (tasks,) if isinstance(tasks, str) else tuple(tasks))
+        hit = self._token_cache.get(key)
+        if hit is None:
+            if len(self._token_cache) >= TOKEN_CACHE_SIZE:
+                self._token_cache.clear()
+            hit = self._token_cache[key] = tokenize_tasks(self.tokenizer, tasks, self.tokenizer_max_length,
+                                                          self.padding)
+        return hit[0].to(device, copy=True), hit[1].to(device, copy=True)
 
     # ---------------------------------------------------------------- training
     def flow_terms(self, batch: Mapping[str, Any], noise: Tensor | None = None, time: Tensor | None = None,
@@ -420,7 +436,8 @@ class SmolVLAPolicy(nn.Module):
                              use_cache: bool | None = None) -> Tensor:
         """(B, chunk_size, action_dim) actions in robot units (unnormalised with the checkpoint stats)."""
         self._check_rtc()
-        self.eval()
+        if any(module.training for module in self.modules()):   # eval() walks every module: only when needed
+            self.eval()
         inp = self.prepare_inputs(batch)
         actions = self.model.sample_actions(inp.images, inp.img_masks, inp.lang_tokens, inp.lang_masks, inp.state,
                                             noise=None if noise is None else noise.to(self.device),

@@ -13,7 +13,8 @@ tower and connector); attention, RoPE and the layer loop are ours:
   (rotate first half against second half), applied to Q and K of both streams.
 - Eager attention: GQA by repeating each KV head over its query-head group, Q and K upcast to fp32,
   scores scaled by head_dim**-0.5, masked scores set to float32 min, fp32 softmax, probabilities
-  cast to V's dtype.
+  cast to V's dtype. On the CPU with float32 Q/K/V (where every cast above is a no-op) torch's fused
+  ``scaled_dot_product_attention`` computes the same thing in one call (see :func:`eager_attention`).
 - Self-attention layers (index % self_attn_every_n_layers == 0): Q/K/V of prefix (VLM weights) and
   suffix (expert weights) are concatenated along the sequence and attended jointly under the 2-D
   mask, then split back per stream.
@@ -32,15 +33,26 @@ Three calling modes of :meth:`SmolVLMWithExpert.forward`:
 
 - both streams, no cache: the training pass (and the no-cache sampling path);
 - prefix only with ``fill_cache=True``: every layer runs self-attention over the prefix and stores
-  its post-RoPE K/V (B, L, kv_heads, head_dim);
+  its post-RoPE K/V (B, L, kv_heads, head_dim); with ``prefix_out=False`` (the sampler, which reads
+  only the cache) the last layer stops once its K/V are stored: its attention, MLP and the final
+  norm would only make the prefix output;
 - suffix only with a filled cache: self-attention layers attend to [cached prefix; suffix],
-  cross-attention layers read the cached prefix K/V. The cache is never modified.
+  cross-attention layers read the cached prefix K/V. The cached K/V are never modified.
+
+What the layers of one call share is computed once per call: the rotary sin/cos tables of its
+positions (and of the re-based expert positions). A cached call also keeps them, and the cross
+layers' expert K/V projections of the cached prefix, in the cache (:class:`KVCache`), so the
+denoising steps of one sampling, which pass the same position tensor, compute them once in all.
+Same operations on the same inputs: the results are bitwise those of computing them every time.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Any, Callable
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModel, SmolVLMConfig, SmolVLMForConditionalGeneration
 
@@ -48,26 +60,105 @@ from .config import expert_intermediate_size
 
 ROPE_BASE = 10_000.0
 
-KVCache = list  # list over layers of (keys, values), each (B, L_prefix, kv_heads, head_dim)
+RopeTables = tuple  # (sin, cos), each (B, L, 1, head_dim / 2) float32
 
 
-def apply_rope(x: Tensor, positions: Tensor, base: float = ROPE_BASE) -> Tensor:
-    """Rotary embedding of ``x`` (B, L, H, D) at integer ``positions`` (B, L); fp32 inside."""
-    out_dtype = x.dtype
-    x = x.to(torch.float32)
-    half = x.shape[-1] // 2
-    exponents = (2.0 / x.shape[-1]) * torch.arange(half, dtype=torch.float32, device=x.device)
+class KVCache(list):
+    """The prefix's post-RoPE (keys, values) per layer, each (B, L_prefix, kv_heads, head_dim).
+
+    ``derived`` holds what the denoising steps compute from the cache alone (rotary tables of the
+    step positions, the cross layers' expert K/V projections, the step mask and positions), filled
+    by the first step and read by the others. A cache belongs to one sampling call, with fixed weights.
+    """
+
+    def __init__(self, *layers: Any):
+        super().__init__(*layers)
+        self.derived: dict[Any, Any] = {}
+
+
+def memoised(cache: Any, key: Any, compute: Callable[[], Any], anchor: Any = None) -> Any:
+    """``compute()`` once per :class:`KVCache`, ``key`` and ``anchor``; every time without a cache.
+
+    ``anchor``: the input besides the cache that the value depends on (a tensor), compared by
+    identity; the memo keeps it alive, so another tensor can never pass for it.
+    """
+    store = getattr(cache, "derived", None)
+    if store is None:
+        return compute()
+    hit = store.get(key)
+    if hit is None or hit[0] is not anchor:
+        hit = store[key] = (anchor, compute())
+    return hit[1]
+
+
+def rope_tables(positions: Tensor, head_dim: int, base: float = ROPE_BASE) -> RopeTables:
+    """sin and cos of the rotary angles at integer ``positions`` (B, L): each (B, L, 1, head_dim / 2)."""
+    half = head_dim // 2
+    exponents = (2.0 / head_dim) * torch.arange(half, dtype=torch.float32, device=positions.device)
     wavelengths = base ** exponents                                        # (half,)
     angles = positions[..., None].to(torch.float32) / wavelengths[None, None, :]   # (B, L, half)
     angles = angles[..., None, :]                                          # (B, L, 1, half)
-    sin, cos = torch.sin(angles), torch.cos(angles)
+    return torch.sin(angles), torch.cos(angles)
+
+
+def apply_rope(x: Tensor, positions: Tensor, base: float = ROPE_BASE, tables: RopeTables | None = None) -> Tensor:
+    """Rotary embedding of ``x`` (B, L, H, D) at integer ``positions`` (B, L); fp32 inside.
+    ``tables``: :func:`rope_tables` of these positions, when the caller has them already."""
+    out_dtype = x.dtype
+    x = x.to(torch.float32)
+    half = x.shape[-1] // 2
+    sin, cos = tables if tables is not None else rope_tables(positions, x.shape[-1], base)
     first, second = x[..., :half], x[..., half:]
     rotated = torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
     return rotated.to(out_dtype)
 
 
-def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, head_dim: int) -> Tensor:
-    """q (B, Lq, H, D), k/v (B, Lk, Hkv, D), mask (B, Lq, Lk) bool -> (B, Lq, H*D) in v's dtype."""
+class _Rotary:
+    """The rotary tables of one call's positions, made on first use and shared by all its layers."""
+
+    def __init__(self, positions: Tensor, head_dim: int):
+        self.positions, self.head_dim = positions, head_dim
+        self._tables: RopeTables | None = None
+        self._rebased: dict[int, tuple[Tensor, RopeTables]] = {}
+
+    def tables(self, n: int) -> RopeTables:
+        """Tables of the first ``n`` positions (slices of one elementwise computation)."""
+        if self._tables is None:
+            self._tables = rope_tables(self.positions, self.head_dim)
+        sin, cos = self._tables
+        return (sin, cos) if n == sin.shape[1] else (sin[:, :n], cos[:, :n])
+
+    def rebased(self, start: int) -> tuple[Tensor, RopeTables]:
+        """The positions from ``start`` on, re-based to start at 0 per sample, and their tables:
+        the expert queries of the cross-attention layers."""
+        if start not in self._rebased:
+            positions = self.positions[:, start:]
+            positions = positions - positions.min(dim=1, keepdim=True).values
+            self._rebased[start] = (positions, rope_tables(positions, self.head_dim))
+        return self._rebased[start]
+
+
+def fused_attention_applies(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether :func:`eager_attention` runs through torch's fused kernel: on the CPU, all float32."""
+    return q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32
+
+
+def attention_bias(mask: Tensor) -> Tensor:
+    """(B, Lq, Lk) bool -> (B, 1, Lq, Lk) float32 additive mask: 0 where visible, float32 min where not."""
+    return torch.where(mask[:, None, :, :], 0.0, torch.finfo(torch.float32).min)
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, head_dim: int,
+                    bias: Tensor | None = None) -> Tensor:
+    """q (B, Lq, H, D), k/v (B, Lk, Hkv, D), mask (B, Lq, Lk) bool -> (B, Lq, H*D) in v's dtype.
+
+    When :func:`fused_attention_applies`, torch's fused kernel does it (:func:`_fused_attention`):
+    the same maths in one call instead of a dozen small ones (the denoising steps are bound by
+    per-call overhead there), equal to the eager form within float32 rounding (~1e-6). ``bias``:
+    ``attention_bias(mask)`` when the caller has it already (it is read only by the fused kernel).
+    """
+    if fused_attention_applies(q, k, v):
+        return _fused_attention(q, k, v, attention_bias(mask) if bias is None else bias, head_dim)
     batch, q_len, n_heads, _ = q.shape
     group = n_heads // k.shape[2]
     # Query head h reads KV head h // group.
@@ -79,6 +170,18 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, head_dim: int
     scores = torch.where(mask[:, None, :, :], scores, torch.finfo(torch.float32).min)
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     out = torch.matmul(probs, v.transpose(1, 2))                          # (B, H, Lq, D)
+    return out.transpose(1, 2).reshape(batch, q_len, n_heads * out.shape[-1])
+
+
+def _fused_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, head_dim: int) -> Tensor:
+    """:func:`eager_attention` for float32 through ``F.scaled_dot_product_attention``: GQA by the
+    kernel (``enable_gqa``, query head h reads KV head h // group), the same scale, and masked
+    scores at float32 min as an additive bias (:func:`attention_bias`, not -inf), so that a query
+    with no visible key still attends uniformly as in the eager form instead of giving NaN."""
+    batch, q_len, n_heads, _ = q.shape
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=bias, scale=head_dim ** -0.5,
+                                         enable_gqa=n_heads != k.shape[2])
     return out.transpose(1, 2).reshape(batch, q_len, n_heads * out.shape[-1])
 
 
@@ -186,9 +289,10 @@ class SmolVLMWithExpert(nn.Module):
 
     # -------------------------------------------------------------- forward
     def forward(self, prefix: Tensor | None, suffix: Tensor | None, attention_mask: Tensor,
-                position_ids: Tensor, cache: KVCache | None = None,
-                fill_cache: bool = False) -> tuple[Tensor | None, Tensor | None, KVCache | None]:
+                position_ids: Tensor, cache: KVCache | None = None, fill_cache: bool = False,
+                prefix_out: bool = True) -> tuple[Tensor | None, Tensor | None, KVCache | None]:
         """Run the layers; returns (prefix_out, suffix_out, cache), outputs after the final norms.
+        ``prefix_out=False`` with ``fill_cache``: the cache alone (prefix_out is None).
 
         ``attention_mask`` is (B, Lq, Lk) bool over the queries and keys of this call (keys include
         the cached prefix), ``position_ids`` (B, Lq) the positions of this call's tokens.
@@ -197,17 +301,21 @@ class SmolVLMWithExpert(nn.Module):
             raise ValueError("fill_cache needs the prefix alone and no cache")
         if cache is not None and (prefix is not None or suffix is None):
             raise ValueError("a cached call takes the suffix alone")
-        new_cache: KVCache | None = [] if fill_cache else None
+        new_cache: KVCache | None = KVCache() if fill_cache else None
+        rotary = memoised(cache, "rotary", lambda: _Rotary(position_ids, self.head_dim), anchor=position_ids)
         text_layers = self.text_model.layers
         for idx in range(self.num_vlm_layers):
             vlm_layer = text_layers[idx] if prefix is not None else None
             exp_layer = self.expert_layer(idx) if suffix is not None else None
-            if self.is_cross_layer(idx) and not fill_cache:
+            if fill_cache and not prefix_out and idx == self.num_vlm_layers - 1:
+                new_cache.append(self._prefix_kv(vlm_layer, prefix, rotary))
+                prefix = None
+            elif self.is_cross_layer(idx) and not fill_cache:
                 prefix, suffix = self._cross_layer(idx, vlm_layer, exp_layer, prefix, suffix,
-                                                   attention_mask, position_ids, cache)
+                                                   attention_mask, rotary, cache)
             else:
                 prefix, suffix = self._self_layer(idx, vlm_layer, exp_layer, prefix, suffix,
-                                                  attention_mask, position_ids, cache, new_cache)
+                                                  attention_mask, rotary, cache, new_cache)
         if prefix is not None:
             prefix = self.text_model.norm(prefix)
         if suffix is not None:
@@ -221,6 +329,11 @@ class SmolVLMWithExpert(nn.Module):
         shape = (*normed.shape[:-1], -1, self.head_dim)                     # (B, L, heads, D)
         return attn.q_proj(normed).view(shape), attn.k_proj(normed).view(shape), attn.v_proj(normed).view(shape)
 
+    def _prefix_kv(self, layer: nn.Module, hidden: Tensor, rotary: _Rotary) -> tuple[Tensor, Tensor]:
+        """The post-RoPE K and the V of a prefix-only layer, as :meth:`_self_layer` stores them."""
+        _, k, v = self._qkv(layer, hidden)
+        return apply_rope(k, rotary.positions, tables=rotary.tables(k.shape[1])), v
+
     @staticmethod
     def _finish(layer: nn.Module, hidden: Tensor, att: Tensor) -> Tensor:
         out = layer.self_attn.o_proj(att.to(layer.self_attn.o_proj.weight.dtype))
@@ -228,27 +341,38 @@ class SmolVLMWithExpert(nn.Module):
         mlp_out = layer.mlp(layer.post_attention_layernorm(out))
         return _residual(mlp_out, out)
 
-    def _self_layer(self, idx, vlm_layer, exp_layer, prefix, suffix, mask, positions, cache, new_cache):
+    @staticmethod
+    def _step_bias(cache: KVCache | None, kind: str, mask: Tensor, anchor: Tensor, q: Tensor, k: Tensor,
+                   v: Tensor) -> Tensor | None:
+        """The fused kernel's additive mask for a cached step's ``kind`` of layer: the same at every
+        step (``anchor``, the step mask, is), so made once per cache. None when no cache / no fused kernel."""
+        if cache is None or not fused_attention_applies(q, k, v):
+            return None
+        return memoised(cache, ("attention_bias", kind), lambda: attention_bias(mask), anchor=anchor)
+
+    def _self_layer(self, idx, vlm_layer, exp_layer, prefix, suffix, mask, rotary, cache, new_cache):
         streams = [(h, layer) for h, layer in ((prefix, vlm_layer), (suffix, exp_layer))
                    if h is not None and layer is not None]
         if not streams:
             return prefix, suffix
         qkv = [self._qkv(layer, h) for h, layer in streams]
-        q = torch.cat([t[0] for t in qkv], dim=1)
-        k = torch.cat([t[1] for t in qkv], dim=1)
-        v = torch.cat([t[2] for t in qkv], dim=1)
+        # One stream (a cached step, the cache fill): its q/k/v as they are, no concatenated copy.
+        q, k, v = qkv[0] if len(qkv) == 1 else (torch.cat([t[i] for t in qkv], dim=1) for i in range(3))
         n = q.shape[1]
+        positions = rotary.positions
         if n < positions.shape[1]:  # a stream without a layer here: attend with the others only
             positions, mask = positions[:, :n], mask[:, :n, :n]
-        q = apply_rope(q, positions)
-        k = apply_rope(k, positions)
+        tables = rotary.tables(n)
+        q = apply_rope(q, positions, tables=tables)
+        k = apply_rope(k, positions, tables=tables)
         if new_cache is not None:
             new_cache.append((k, v))
         if cache is not None:
             past_k, past_v = cache[idx]
             k = torch.cat([past_k, k], dim=1)
             v = torch.cat([past_v, v], dim=1)
-        att = eager_attention(q, k, v, mask, self.head_dim)
+        bias = self._step_bias(cache, "self", mask, mask, q, k, v)
+        att = eager_attention(q, k, v, mask, self.head_dim, bias=bias)
         outs: list[Tensor | None] = [prefix, suffix]
         start = 0
         for slot, (h, layer) in enumerate(((prefix, vlm_layer), (suffix, exp_layer))):
@@ -259,18 +383,19 @@ class SmolVLMWithExpert(nn.Module):
             start = end
         return outs[0], outs[1]
 
-    def _cross_layer(self, idx, vlm_layer, exp_layer, prefix, suffix, mask, positions, cache):
+    def _cross_layer(self, idx, vlm_layer, exp_layer, prefix, suffix, mask, rotary, cache):
         if cache is None:
             n_prefix = prefix.shape[1]
-            prefix_pos, expert_pos = positions[:, :n_prefix], positions[:, n_prefix:]
+            prefix_pos = rotary.positions[:, :n_prefix]
             q, k, v = self._qkv(vlm_layer, prefix)
-            q = apply_rope(q, prefix_pos)
-            k = apply_rope(k, prefix_pos)
+            tables = rotary.tables(n_prefix)
+            q = apply_rope(q, prefix_pos, tables=tables)
+            k = apply_rope(k, prefix_pos, tables=tables)
             att = eager_attention(q, k, v, mask[:, :n_prefix, :n_prefix], self.head_dim)
             prefix = self._finish(vlm_layer, prefix, att)
             src_k, src_v = k, v
         else:
-            expert_pos = positions
+            n_prefix = 0                     # this call's positions are the suffix's alone
             src_k, src_v = cache[idx]
         if exp_layer is None:
             return prefix, suffix
@@ -278,12 +403,19 @@ class SmolVLMWithExpert(nn.Module):
         normed = exp_layer.input_layernorm(suffix).to(dtype=attn.q_proj.weight.dtype)
         q = attn.q_proj(normed).view(*normed.shape[:-1], -1, self.head_dim)
         batch, n_src = src_k.shape[:2]
-        # The VLM's post-RoPE keys and its values, flattened to (B, L, kv_heads*D), re-projected.
-        kv_shape = (batch, n_src, -1, self.head_dim)
-        k = attn.k_proj(src_k.to(attn.k_proj.weight.dtype).reshape(batch, n_src, -1)).view(kv_shape)
-        v = attn.v_proj(src_v.to(attn.v_proj.weight.dtype).reshape(batch, n_src, -1)).view(kv_shape)
-        expert_pos = expert_pos - expert_pos.min(dim=1, keepdim=True).values  # re-based to 0
-        q = apply_rope(q, expert_pos)
-        att = eager_attention(q, k, v, mask[:, -suffix.shape[1]:, :n_src], self.head_dim)
+
+        def project() -> tuple[Tensor, Tensor]:
+            # The VLM's post-RoPE keys and its values, flattened to (B, L, kv_heads*D), re-projected.
+            kv_shape = (batch, n_src, -1, self.head_dim)
+            return (attn.k_proj(src_k.to(attn.k_proj.weight.dtype).reshape(batch, n_src, -1)).view(kv_shape),
+                    attn.v_proj(src_v.to(attn.v_proj.weight.dtype).reshape(batch, n_src, -1)).view(kv_shape))
+
+        # They depend on the cached prefix and the weights only: once per cache.
+        k, v = memoised(cache, ("expert_kv", idx), project)
+        expert_pos, tables = rotary.rebased(n_prefix)                  # re-based to 0
+        q = apply_rope(q, expert_pos, tables=tables)
+        to_source = mask[:, -suffix.shape[1]:, :n_src]
+        bias = self._step_bias(cache, "cross", to_source, mask, q, k, v)
+        att = eager_attention(q, k, v, to_source, self.head_dim, bias=bias)
         suffix = self._finish(exp_layer, suffix, att)
         return prefix, suffix
