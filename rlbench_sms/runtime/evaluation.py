@@ -168,8 +168,8 @@ def prepare(cfg: DictConfig, policy: InferencePolicy | None = None):
     With a policy server the contract comes from its handshake (no policy files on this machine);
     otherwise from ``policy_path``."""
     try:
-        if policy is None and cfg.inference.get("server"):
-            policy = build_policy(cfg)
+        if policy is None and (cfg.inference.get("server") or cfg.inference.get("transport") == "remote"):
+            policy = build_policy(cfg)          # remote: the server's handshake carries the contract
         if policy is None and not cfg.get("policy_path"):
             raise EvaluationError("policy_path is required, e.g. policy_path=outputs/train/runs/<time>/policy/best "
                                   "(or inference=remote server=host:port for a policy server)", EXIT_CONFIG)
