@@ -61,6 +61,8 @@ class LocalPolicy:
         from rlbench_sms.policy.smolvla import SmolVLAPolicy
 
         self.device = pick_device(device)
+        # Our SmolVLA's loader, not transformers': it reads the directory and the local VLM only (its
+        # transformers loads all pass local_files_only=True), so nothing is ever downloaded here.
         self.policy = SmolVLAPolicy.from_pretrained(self.path, vlm_path=vlm_path, device=self.device)
         config = self.policy.config
         self._noise_shape = (1, config.chunk_size, config.max_action_dim)
